@@ -1,0 +1,152 @@
+"""An embedded Tether for tests: real database, real RPC (in-process
+transport), real services; only the drivers are chosen by the test (fakes
+for unit tests, tgt/libvirt for integration tests)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import falcon.testing
+
+from tether import config
+from tether.connectors.base import VolumeConnector
+from tether.service import Drivers, Embedded
+from tether.virt.driver import VirtDriver
+from tether.volume.targets.base import TargetDriver
+
+INITIATOR_A = "iqn.2026-11.org.example:host-a"
+INITIATOR_B = "iqn.2026-11.org.example:host-b"
+
+
+def connector(initiator: str = INITIATOR_A, host: str = "host-a") -> dict[str, Any]:
+    return {"initiator": initiator, "host": host, "ip": "127.0.0.1", "multipath": False,
+            "platform": "x86_64", "os_type": "linux2"}
+
+
+class Api:
+    """HTTP calls through falcon's test client with a token and a microversion."""
+
+    def __init__(self, app: falcon.App, token: str, version: str,
+                 service: str = "volume") -> None:
+        self.client = falcon.testing.TestClient(app)
+        self.token = token
+        self.version = version
+        self.service = service
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> falcon.testing.Result:
+        hdrs = {"X-Auth-Token": self.token,
+                "OpenStack-API-Version": f"{self.service} {self.version}"}
+        hdrs.update(headers or {})
+        kwargs: dict[str, Any] = {"headers": hdrs}
+        if body is not None:
+            kwargs["json"] = body
+        return self.client.simulate_request(method, path, **kwargs)
+
+    def get(self, path: str, **kw: Any) -> falcon.testing.Result:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> falcon.testing.Result:
+        return self.request("POST", path, body, **kw)
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> falcon.testing.Result:
+        return self.request("PUT", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> falcon.testing.Result:
+        return self.request("DELETE", path, **kw)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0,
+             what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Tether:
+    """Volume + compute services and both APIs in this process; HTTP calls go
+    through falcon's test client, compute reaches block storage in process."""
+
+    def __init__(self, state_dir: str, target: TargetDriver, virt: VirtDriver,
+                 connector: VolumeConnector,
+                 overrides: dict[str, dict[str, object]] | None = None) -> None:
+        base: dict[str, dict[str, object]] = {
+            "DEFAULT": {"transport_url": f"tether-inproc://{uuid.uuid4().hex}",
+                        "host": "testhost"},
+            "api": {"service_token": "test-service-token"},
+        }
+        for group, values in (overrides or {}).items():
+            base.setdefault(group, {}).update(values)
+        self.conf = config.load(state_dir=state_dir, overrides=base)
+        self.embedded = Embedded(self.conf, Drivers(target=target, virt=virt,
+                                                    connector=connector,
+                                                    volume_in_process=True))
+        self.embedded.volume.start()
+        self.embedded.compute.start()
+        self.target = target
+        self.virt = virt
+        self.connector = connector
+        self.db = self.embedded.db
+        self.volume_app = self.embedded.api.volume_app
+        self.compute_app = self.embedded.api.compute_app
+
+    def api(self, token: str = "alice:p1", version: str = "3.71") -> Api:
+        return Api(self.volume_app, token, version)
+
+    def nova(self, token: str = "alice:p1", version: str = "2.89") -> Api:
+        return Api(self.compute_app, token, version, service="compute")
+
+    def create_volume(self, api: Api, size: int = 1, **extra: Any) -> dict[str, Any]:
+        res = api.post("/v3/volumes", {"volume": {"size": size, **extra}})
+        assert res.status_code == 202, res.text
+        vid = res.json["volume"]["id"]
+        return dict(wait_for(lambda: _status_is(api, vid, "available"),
+                             what=f"volume {vid} available"))
+
+    def create_server(self, nova: Api, name: str = "vm") -> dict[str, Any]:
+        res = nova.post("/v2.1/servers", {"server": {"name": name, "flavorRef": "1"}})
+        assert res.status_code == 202, res.text
+        sid = res.json["server"]["id"]
+        return dict(wait_for(lambda: _server_status_is(nova, sid, "ACTIVE"),
+                             what=f"server {sid} ACTIVE"))
+
+    def wait_action(self, nova: Api, server_id: str, action: str,
+                    timeout: float = 30.0) -> dict[str, Any]:
+        """The newest ``action`` of the server once it has finished."""
+        def finished() -> dict[str, Any] | None:
+            rows = nova.get(f"/v2.1/servers/{server_id}/os-instance-actions").json[
+                "instanceActions"]
+            rows = [r for r in rows if r["action"] == action]
+            if not rows or not rows[0]["finish_time"]:
+                return None
+            detail: dict[str, Any] = nova.get(
+                f"/v2.1/servers/{server_id}/os-instance-actions/{rows[0]['request_id']}"
+            ).json["instanceAction"]
+            return detail
+        return dict(wait_for(finished, timeout, what=f"{action} of {server_id} finished"))
+
+    def stop(self) -> None:
+        self.embedded.compute.stop()
+        self.embedded.volume.stop()
+        self.embedded.rpc.stop()
+        self.embedded.db.dispose()
+
+
+def _status_is(api: Api, vid: str, status: str) -> dict[str, Any] | None:
+    vol = api.get(f"/v3/volumes/{vid}").json["volume"]
+    return vol if vol["status"] == status else None
+
+
+def _server_status_is(nova: Api, sid: str, status: str) -> dict[str, Any] | None:
+    srv = nova.get(f"/v2.1/servers/{sid}").json["server"]
+    return srv if srv["status"] == status else None
+

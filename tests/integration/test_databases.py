@@ -1,0 +1,59 @@
+"""The same migrations and state primitive on the distributed mode's real
+databases: PostgreSQL and MariaDB, each in a database made for this run."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from tether.db import migrate, models
+from tether.db.api import Database, conditional_update
+
+pytestmark = pytest.mark.integration
+
+SERVERS = {
+    "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306",
+}
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    server = SERVERS[request.param]
+    name = f"tether_test_{uuid.uuid4().hex[:12]}"
+    admin_db = "postgres" if request.param == "postgresql" else "mysql"
+    admin = sa.create_engine(f"{server}/{admin_db}", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"{request.param} at {server} is not reachable: {exc.orig}")
+    database = Database(f"{server}/{name}")
+    try:
+        yield database
+    finally:
+        database.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name}"))
+        admin.dispose()
+
+
+def test_migrations_and_conditional_update(db: Database) -> None:
+    migrate.upgrade(db)
+    assert migrate.current(db) == migrate.head()
+    with db.session() as s:
+        s.add(models.Volume(id=str(uuid.uuid4()), project_id="p", user_id="u", size=1,
+                            status="in-use", multiattach=False, meta={"k": "v"},
+                            shared_targets=False, availability_zone="nova", deleted=False))
+    with db.session() as s:
+        vol = s.scalars(sa.select(models.Volume)).one()
+        assert not conditional_update(s, models.Volume, vol.id, {"status": "deleting"},
+                                      {"status": ["available"]})
+        assert conditional_update(s, models.Volume, vol.id, {"status": "detaching"},
+                                  {"status": "in-use"})
+    with db.session() as s:
+        again = s.get(models.Volume, vol.id)
+        assert again is not None and again.status == "detaching" and again.meta == {"k": "v"}

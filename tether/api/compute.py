@@ -1,0 +1,251 @@
+"""Compute API (Nova v2.1-compatible), port 8774: flavors, servers, volume
+attachments and instance actions.  Handlers validate the request for its
+microversion, call the compute service and render a view."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from typing import Any
+
+import falcon
+
+from tether.api import compute_views as views
+from tether.api import errors, wsgi
+from tether.api.auth import Authenticator
+from tether.api.versions import COMPUTE
+from tether.api.wsgi import WsgiApp
+from tether.compute import flavors
+from tether.compute.api import ComputeAPI
+from tether.exceptions import FlavorNotFound, ServerNotFound
+from tether.policy import allowed, authorize
+
+COLLECTIONS = ("servers", "flavors", "os-volume_attachments")
+_TAG_RE = re.compile(r"^[^,/]{1,60}$")
+
+
+def _uuid(value: Any, what: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise errors.bad_request(f"Invalid input for field/attribute {what}. Value: {value}. "
+                                 f"'{value}' is not a 'uuid'") from None
+
+
+def _server_id(server_id: str) -> str:
+    try:
+        return str(uuid.UUID(server_id))
+    except ValueError:
+        raise ServerNotFound(server_id) from None
+
+
+class Versions:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        wsgi.reply(resp, 200, {"versions": [COMPUTE.document(wsgi.base_url(req))]})
+
+
+class Version:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        wsgi.reply(resp, 200, {"version": COMPUTE.document(wsgi.base_url(req))})
+
+
+class Flavors:
+    def __init__(self, detail: bool) -> None:
+        self.detail = detail
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        authorize(wsgi.caller(req), "flavor:list")
+        render = views.flavor_detail if self.detail else views.flavor_summary
+        base, version = wsgi.base_url(req), wsgi.version(req)
+        wsgi.reply(resp, 200, {"flavors": [render(f, base, version)
+                                           for f in flavors.FLAVORS.values()]})
+
+
+class Flavor:
+    def on_get(self, req: falcon.Request, resp: falcon.Response, flavor_id: str) -> None:
+        authorize(wsgi.caller(req), "flavor:list")
+        flavor = flavors.FLAVORS.get(flavor_id)
+        if flavor is None:
+            raise FlavorNotFound(flavor_id)
+        wsgi.reply(resp, 200, {"flavor": views.flavor_detail(
+            flavor, wsgi.base_url(req), wsgi.version(req))})
+
+
+class _Base:
+    def __init__(self, api: ComputeAPI) -> None:
+        self.api = api
+
+    def _detail(self, req: falcon.Request, insts: list[Any]) -> list[dict[str, Any]]:
+        ctx = wsgi.caller(req)
+        bdms = self.api.volume_bdms([i.uuid for i in insts])
+        base, version = wsgi.base_url(req), wsgi.version(req)
+        show_host = allowed(ctx, "server:see_host")
+        return [views.server_detail(i, bdms[i.uuid], flavors.FLAVORS.get(i.flavor_id), base,
+                                    version, show_host) for i in insts]
+
+
+class Servers(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        insts = self.api.list_servers(wsgi.caller(req), req.get_param("name"),
+                                      _all_projects(req))
+        base = wsgi.base_url(req)
+        wsgi.reply(resp, 200, {"servers": [views.server_summary(i, base) for i in insts]})
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data = wsgi.body(req, "server")
+        if not isinstance(data, dict):
+            raise errors.bad_request("Invalid server: expected an object.")
+        name = data.get("name")
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 255:
+            raise errors.bad_request("Invalid input for field/attribute name: a name of 1-255 "
+                                     "characters is required.")
+        flavor = data.get("flavorRef")
+        if not isinstance(flavor, str | int) or isinstance(flavor, bool):
+            raise errors.bad_request("Invalid input for field/attribute flavorRef: required.")
+        image = data.get("imageRef") or None
+        if image is not None:
+            raise errors.bad_request("Booting from an image is not supported yet: leave "
+                                     "imageRef out for a guest without an OS.")
+        if data.get("block_device_mapping_v2"):
+            raise errors.bad_request("block_device_mapping_v2 is not supported yet.")
+        inst = self.api.create_server(wsgi.caller(req), name.strip(), str(flavor))
+        body = views.server_summary(inst, wsgi.base_url(req))
+        body.update({"OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
+                     "adminPass": secrets.token_urlsafe(9)})
+        wsgi.reply(resp, 202, {"server": body})
+
+
+def _all_projects(req: falcon.Request) -> bool:
+    value = req.get_param("all_tenants")
+    return value is not None and value.lower() not in ("0", "false", "no")
+
+
+class ServersDetail(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        insts = self.api.list_servers(wsgi.caller(req), req.get_param("name"),
+                                      _all_projects(req))
+        wsgi.reply(resp, 200, {"servers": self._detail(req, insts)})
+
+
+class Server(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
+        inst = self.api.get_server(wsgi.caller(req), _server_id(server_id))
+        wsgi.reply(resp, 200, {"server": self._detail(req, [inst])[0]})
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
+        self.api.delete_server(wsgi.caller(req), _server_id(server_id))
+        wsgi.reply(resp, 204)
+
+
+class ServerAction(_Base):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
+        ctx, sid = wsgi.caller(req), _server_id(server_id)
+        data = wsgi.body(req)
+        if not isinstance(data, dict) or len(data) != 1:
+            raise errors.bad_request("Invalid action: expected one {\"<action>\": ...}.")
+        (name,) = data
+        if name == "os-stop":
+            self.api.power_action(ctx, sid, "stop")
+        elif name == "os-start":
+            self.api.power_action(ctx, sid, "start")
+        elif name in ("lock", "unlock"):
+            self.api.lock(ctx, sid, name == "lock")
+        else:
+            raise errors.bad_request(f"There is no such action: {name}.")
+        wsgi.reply(resp, 202)
+
+
+class VolumeAttachments(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
+        bdms = self.api.list_volume_attachments(wsgi.caller(req), _server_id(server_id))
+        version = wsgi.version(req)
+        wsgi.reply(resp, 200, {"volumeAttachments": [
+            views.volume_attachment(b, version) for b in bdms]})
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
+        sid, version = _server_id(server_id), wsgi.version(req)
+        data = wsgi.body(req, "volumeAttachment")
+        if not isinstance(data, dict):
+            raise errors.bad_request("Invalid volumeAttachment: expected an object.")
+        allowed_keys = {"volumeId", "device"}
+        if version.at_least("2.49"):
+            allowed_keys.add("tag")
+        if version.at_least("2.79"):
+            allowed_keys.add("delete_on_termination")
+        extra = sorted(set(data) - allowed_keys)
+        if extra:
+            raise errors.bad_request(f"Invalid input for volumeAttachment: additional "
+                                     f"properties are not allowed ({', '.join(extra)} "
+                                     f"unexpected at microversion {version}).")
+        volume_id = _uuid(data.get("volumeId"), "volumeId")
+        device = data.get("device")
+        if device is not None and not isinstance(device, str):
+            raise errors.bad_request("Invalid input for field/attribute device.")
+        tag = data.get("tag")
+        if tag is not None and (not isinstance(tag, str) or not _TAG_RE.match(tag)):
+            raise errors.bad_request("Invalid input for field/attribute tag: up to 60 "
+                                     "characters, without '/' or ','.")
+        dot = data.get("delete_on_termination", False)
+        if not isinstance(dot, bool):
+            raise errors.bad_request("Invalid input for field/attribute "
+                                     "delete_on_termination: expected a boolean.")
+        bdm = self.api.attach_volume(wsgi.caller(req), sid, volume_id, device or None, tag,
+                                     dot, allow_multiattach=version.at_least("2.60"))
+        wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(
+            bdm, version, created=True)})
+
+
+class VolumeAttachment(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str,
+               volume_id: str) -> None:
+        bdm = self.api.get_volume_attachment(wsgi.caller(req), _server_id(server_id),
+                                             volume_id)
+        wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(
+            bdm, wsgi.version(req))})
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, server_id: str,
+                  volume_id: str) -> None:
+        self.api.detach_volume(wsgi.caller(req), _server_id(server_id), volume_id,
+                               allow_shelved=wsgi.version(req).at_least("2.20"))
+        wsgi.reply(resp, 202)
+
+
+class InstanceActions(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
+        rows = self.api.list_actions(wsgi.caller(req), _server_id(server_id))
+        version = wsgi.version(req)
+        wsgi.reply(resp, 200, {"instanceActions": [views.instance_action(a, version)
+                                                   for a in rows]})
+
+
+class InstanceAction(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str,
+               request_id: str) -> None:
+        ctx = wsgi.caller(req)
+        view = self.api.get_action(ctx, _server_id(server_id), request_id)
+        version = wsgi.version(req)
+        show_tb = allowed(ctx, "server:instance_actions:events:traceback")
+        body = views.instance_action(view.action, version)
+        body["events"] = [views.action_event(e, version, show_tb) for e in view.events]
+        wsgi.reply(resp, 200, {"instanceAction": body})
+
+
+def create_app(api: ComputeAPI, auth: Authenticator) -> WsgiApp:
+    app = wsgi.create_app(COMPUTE, auth, COLLECTIONS, server_fault="computeFault")
+    app.add_route("/", Versions())
+    app.add_route("/v2.1", Version())
+    app.add_route("/v2.1/flavors", Flavors(detail=False))
+    app.add_route("/v2.1/flavors/detail", Flavors(detail=True))
+    app.add_route("/v2.1/flavors/{flavor_id}", Flavor())
+    app.add_route("/v2.1/servers", Servers(api))
+    app.add_route("/v2.1/servers/detail", ServersDetail(api))
+    app.add_route("/v2.1/servers/{server_id}", Server(api))
+    app.add_route("/v2.1/servers/{server_id}/action", ServerAction(api))
+    app.add_route("/v2.1/servers/{server_id}/os-volume_attachments", VolumeAttachments(api))
+    app.add_route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}",
+                  VolumeAttachment(api))
+    app.add_route("/v2.1/servers/{server_id}/os-instance-actions", InstanceActions(api))
+    app.add_route("/v2.1/servers/{server_id}/os-instance-actions/{request_id}",
+                  InstanceAction(api))
+    return app

@@ -1,0 +1,123 @@
+"""What both REST APIs share: a Falcon app with request ids, the optional
+``/{project_id}`` URL segment, version discovery, microversions, auth and
+OpenStack-shaped errors.  Handlers receive ``req.context.api`` (the caller)
+and ``req.context.version`` (the negotiated microversion)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import falcon
+
+from tether.api import errors
+from tether.api.auth import Authenticator
+from tether.api.versions import ApiVersions, Version
+from tether.context import RequestContext, new_request_id
+
+LOG = logging.getLogger("tether.api")
+
+WsgiApp = falcon.App[falcon.Request, falcon.Response]
+
+
+class ApiMiddleware:
+    def __init__(self, versions: ApiVersions, auth: Authenticator,
+                 collections: Iterable[str]) -> None:
+        self.versions = versions
+        self.auth = auth
+        self.collections = frozenset(collections)
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+        request_id = new_request_id()
+        req.context.request_id = request_id
+        resp.set_header("x-openstack-request-id", request_id)
+        url_project = self._strip_project(req)
+        if req.path in ("/", self.versions.path, self.versions.path + "/"):
+            req.context.public = True
+            return
+        req.context.public = False
+        version = self.versions.negotiate(
+            {k.lower(): v for k, v in req.headers.items()})
+        req.context.version = version
+        for key, value in self.versions.response_headers(version).items():
+            resp.set_header(key, value)
+        ctx = self.auth.authenticate(req.get_header("X-Auth-Token"), request_id)
+        if url_project and url_project != ctx.project_id and not ctx.privileged:
+            raise errors.ApiError(
+                400, f"Malformed request URL: URL's project_id '{url_project}' doesn't "
+                     f"match Context's project_id '{ctx.project_id}'")
+        req.context.api = ctx
+
+    def _strip_project(self, req: falcon.Request) -> str | None:
+        prefix = self.versions.path + "/"
+        if not req.path.startswith(prefix):
+            return None
+        head, _, rest = req.path[len(prefix):].partition("/")
+        if not head or not rest or head in self.collections:
+            return None
+        req.path = f"{self.versions.path}/{rest}"
+        return head
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response,
+                         resource: object, req_succeeded: bool) -> None:
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            LOG.info("%s %s %s %.1fms [%s]", req.method, req.relative_uri, resp.status,
+                     (time.perf_counter() - started) * 1000, req.context.request_id)
+
+
+def create_app(versions: ApiVersions, auth: Authenticator, collections: Iterable[str],
+               server_fault: str) -> WsgiApp:
+    app = falcon.App(middleware=[ApiMiddleware(versions, auth, collections)],
+                     cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.resp_options.default_media_type = falcon.MEDIA_JSON
+    errors.install(app, server_fault)
+    return app
+
+
+def caller(req: falcon.Request) -> RequestContext:
+    ctx: RequestContext = req.context.api
+    return ctx
+
+
+def version(req: falcon.Request) -> Version:
+    v: Version = req.context.version
+    return v
+
+
+def body(req: falcon.Request, key: str | None = None) -> Any:
+    """The JSON body (or its ``key`` member); 400 when absent or malformed."""
+    raw = req.bounded_stream.read()
+    if not raw:
+        if key is None:
+            return None
+        raise errors.bad_request(f"Missing request body: expected {{\"{key}\": {{...}}}}.")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.bad_request("Malformed request body: not valid JSON.") from None
+    if key is None:
+        return data
+    if not isinstance(data, dict) or key not in data:
+        raise errors.bad_request(f"Malformed request body: expected {{\"{key}\": {{...}}}}.")
+    return data[key]
+
+
+def reply(resp: falcon.Response, status: int, payload: Any = None) -> None:
+    resp.status = status
+    if payload is None:
+        resp.text = None
+        if status == 204:  # no content, so no content type either
+            resp.content_type = None
+        return
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(payload)
+
+
+def base_url(req: falcon.Request) -> str:
+    return f"{req.scheme}://{req.netloc}"

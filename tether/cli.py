@@ -1,0 +1,298 @@
+"""``tether``: run the services, manage the database, and drive the REST APIs.
+
+Processes: ``tether serve`` (embedded: everything in one process) and
+``tether service api|volume`` (distributed).  Client commands talk to the
+REST APIs only, like any OpenStack client would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from tether import config
+
+LOG = logging.getLogger("tether")
+
+
+def _setup_logging(conf: Any, to_stderr: bool) -> None:
+    level = logging.DEBUG if conf.debug else logging.INFO
+    fmt = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
+    handlers: list[logging.Handler] = []
+    os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
+    log_file = conf.log_file or os.path.join(conf.state_dir, "tether.log")
+    handlers.append(logging.FileHandler(log_file))
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
+    for noisy in ("oslo_messaging", "stevedore", "waitress", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_serve(conf: Any, args: argparse.Namespace) -> int:
+    from tether.service import Embedded
+
+    _setup_logging(conf, to_stderr=True)
+    app = Embedded(conf)
+    app.start()
+    print(f"tether serve: block storage on http://{conf.api.bind_host}:"
+          f"{app.api.servers[0].port}/v3 (state dir {conf.state_dir})", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        app.stop()
+    return 0
+
+
+def cmd_service(conf: Any, args: argparse.Namespace) -> int:
+    from tether import service
+    from tether.rpc import Rpc
+
+    _setup_logging(conf, to_stderr=True)
+    db = service.open_database(conf, upgrade=False)
+    rpc = Rpc(conf)
+    svc: service.ApiService | service.VolumeService
+    if args.name == "api":
+        svc = service.ApiService(conf, db, rpc)
+    else:
+        svc = service.VolumeService(conf, db, rpc)
+    svc.start()
+    try:
+        _wait_for_signal()
+    finally:
+        svc.stop()
+        rpc.stop()
+    return 0
+
+
+def cmd_db(conf: Any, args: argparse.Namespace) -> int:
+    from tether.db import migrate
+    from tether.db.api import Database
+
+    os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
+    db = Database(config.database_url(conf))
+    if args.action == "upgrade":
+        migrate.upgrade(db)
+    print(f"database at revision {migrate.current(db)} (head {migrate.head()})")
+    return 0
+
+
+def cmd_config(conf: Any, args: argparse.Namespace) -> int:
+    for group, opts in config.list_opts():
+        print(f"[{group or 'DEFAULT'}]")
+        for opt in opts:
+            print(f"# {opt.help or ''}".rstrip())
+            print(f"#{opt.dest} = {'' if opt.default is None else opt.default}\n")
+    return 0
+
+
+def cmd_volume(conf: Any, args: argparse.Namespace) -> int:
+    from tether.client import ApiClient
+
+    client = ApiClient.from_conf(conf, args.token)
+    if args.action == "create":
+        vol = client.create_volume(args.size, args.name, multiattach=args.multiattach)
+        if args.wait:
+            vol = client.wait_volume(vol["id"], {"available", "error"})
+        _print(vol, args.json)
+    elif args.action == "list":
+        rows = client.list_volumes()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"{'ID':36}  {'NAME':20}  {'STATUS':10}  SIZE  ATTACHED TO")
+            for v in rows:
+                to = ",".join(a["server_id"] or a["host_name"] or "?" for a in v["attachments"])
+                print(f"{v['id']:36}  {(v['name'] or '')[:20]:20}  {v['status']:10}  "
+                      f"{v['size']:4}  {to}")
+    elif args.action == "show":
+        _print(client.get_volume(client.find_volume(args.volume)), args.json)
+    elif args.action == "delete":
+        client.delete_volume(client.find_volume(args.volume))
+    return 0
+
+
+def _print(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    width = max(len(k) for k in data)
+    for key in sorted(data):
+        value = data[key]
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        print(f"{key:{width}}  {shown}")
+
+
+def cmd_server(conf: Any, args: argparse.Namespace) -> int:
+    from tether.client import ApiClient, ComputeClient
+    from tether.waterfall import render
+
+    nova = ComputeClient.from_conf(conf, args.token)
+    if args.action == "create":
+        srv = nova.create_server(args.name, args.flavor)
+        if args.wait:
+            srv = nova.wait_server(srv["id"], {"ACTIVE", "ERROR"})
+        _print(srv, args.json)
+    elif args.action == "list":
+        print(f"{'ID':36}  {'NAME':20}  {'STATUS':8}  VOLUMES")
+        for s in nova.list_servers():
+            vols = ",".join(v["id"] for v in s["os-extended-volumes:volumes_attached"])
+            print(f"{s['id']:36}  {s['name'][:20]:20}  {s['status']:8}  {vols}")
+    elif args.action == "show":
+        _print(nova.get_server(nova.find_server(args.server)), args.json)
+    elif args.action == "delete":
+        sid = nova.find_server(args.server)
+        nova.delete_server(sid)
+        if args.wait:
+            nova.wait_server_gone(sid)
+    elif args.action in ("add", "remove"):
+        cinder = ApiClient.from_conf(conf, args.token)
+        sid, vid = nova.find_server(args.server), cinder.find_volume(args.volume)
+        if args.action == "add":
+            _print(nova.attach(sid, vid, args.device), args.json)
+            if args.wait:
+                cinder.wait_volume(vid, {"in-use", "available", "error"}, timeout=300)
+            return 0
+        request_id = nova.detach(sid, vid)
+        if not args.wait:
+            print(f"detach requested ({request_id})")
+            return 0
+        shown: set[str] = set()
+
+        def progress(act: dict[str, Any]) -> None:
+            for e in act.get("events", []):
+                key = e["event"] + ("done" if e["finish_time"] else "")
+                if key not in shown:
+                    shown.add(key)
+                    state = e["result"] or "..."
+                    print(f"  {e['event']:32} {state}", flush=True)
+
+        act = nova.wait_action(sid, request_id, progress=progress)
+        vol = cinder.get_volume(vid)
+        print(f"detach {act.get('message') or 'Success'}: volume {vol['status']}")
+        return 0 if not act.get("message") else 1
+    elif args.action == "event":
+        sid = nova.find_server(args.server)
+        if args.request_id is None:
+            print(f"{'REQUEST ID':44}  {'ACTION':14}  {'START':26}  RESULT")
+            for a in nova.actions(sid):
+                result = a.get("message") or ("Success" if a.get("finish_time") else "running")
+                print(f"{a['request_id']:44}  {a['action']:14}  {a['start_time']:26}  "
+                      f"{result}")
+        else:
+            print("\n".join(render(nova.action(sid, args.request_id))))
+    return 0
+
+
+def cmd_demo(conf: Any, args: argparse.Namespace) -> int:
+    from tether.demo import run
+
+    return run(conf, args)
+
+
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table of commands
+    p = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
+    p.add_argument("--config-file", help=f"INI file (default {config.DEFAULT_CONFIG_FILE} "
+                                         "if it exists)")
+    p.add_argument("--state-dir", help=f"state directory (default {config.DEFAULT_STATE_DIR})")
+    p.add_argument("--token", default=os.environ.get("TETHER_TOKEN", "admin:admin"),
+                   help="X-Auth-Token for client commands (noauth: user:project; "
+                        "env TETHER_TOKEN)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run everything in one process (embedded mode)").set_defaults(
+        func=cmd_serve)
+    sp = sub.add_parser("service", help="run one service (distributed mode)")
+    sp.add_argument("name", choices=["api", "volume"])
+    sp.set_defaults(func=cmd_service)
+
+    sp = sub.add_parser("db", help="database schema")
+    sp.add_argument("action", choices=["upgrade", "version"])
+    sp.set_defaults(func=cmd_db)
+
+    sub.add_parser("config", help="print a sample tether.conf").set_defaults(func=cmd_config)
+
+    sp = sub.add_parser("volume", help="volumes (through the Block Storage API)")
+    vs = sp.add_subparsers(dest="action", required=True)
+    c = vs.add_parser("create")
+    c.add_argument("--size", type=int, required=True, help="GiB")
+    c.add_argument("--multiattach", action="store_true")
+    c.add_argument("--no-wait", dest="wait", action="store_false")
+    c.add_argument("name", nargs="?")
+    vs.add_parser("list")
+    for action in ("show", "delete"):
+        vs.add_parser(action).add_argument("volume", help="id or name")
+    for q in vs.choices.values():
+        q.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_volume)
+
+    sp = sub.add_parser("server", help="servers and their volumes (through the Compute API)")
+    ss = sp.add_subparsers(dest="action", required=True)
+    c = ss.add_parser("create")
+    c.add_argument("name")
+    c.add_argument("--flavor", default="1")
+    c.add_argument("--no-wait", dest="wait", action="store_false")
+    ss.add_parser("list")
+    ss.add_parser("show").add_argument("server", help="id or name")
+    d = ss.add_parser("delete")
+    d.add_argument("server", help="id or name")
+    d.add_argument("--no-wait", dest="wait", action="store_false")
+    for verb in ("add", "remove"):
+        v = ss.add_parser(verb, help=f"server {verb} volume SERVER VOLUME")
+        v.add_argument("what", choices=["volume"])
+        v.add_argument("server")
+        v.add_argument("volume")
+        v.add_argument("--no-wait", dest="wait", action="store_false")
+        if verb == "add":
+            v.add_argument("--device", help="/dev/sdX (virtio-scsi) or /dev/vdX (virtio-blk)")
+    e = ss.add_parser("event", help="server event list SERVER | server event show SERVER REQ")
+    e.add_argument("verb", choices=["list", "show"])
+    e.add_argument("server")
+    e.add_argument("request_id", nargs="?")
+    for q in ss.choices.values():
+        q.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_server)
+
+    sp = sub.add_parser("demo", help="the embedded mode end to end")
+    sp.add_argument("--keep", action="store_true", help="leave what the demo created")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        conf = config.load(args.config_file, args.state_dir)
+    except FileNotFoundError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rc: int = args.func(conf, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clean message for operators; tracebacks go to the log
+        from tether.client import ApiClientError
+
+        if isinstance(exc, ApiClientError):
+            print(f"tether: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""A small typed client of Tether's REST APIs (used by the CLI and the demo;
+the compute service gets its own Block Storage client)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from tether import config
+
+
+class ApiClientError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _error(resp: httpx.Response) -> ApiClientError:
+    try:
+        body = resp.json()
+        (fault,) = body.values()
+        return ApiClientError(resp.status_code, fault.get("message", str(body)))
+    except Exception:
+        return ApiClientError(resp.status_code, resp.text[:300])
+
+
+class ApiClient:
+    VOLUME_VERSION = "volume 3.71"
+
+    def __init__(self, volume_url: str, token: str, timeout: float = 30.0) -> None:
+        self.volume_url = volume_url.rstrip("/")
+        self.http = httpx.Client(timeout=timeout, headers={"X-Auth-Token": token})
+
+    @classmethod
+    def from_conf(cls, conf: Any, token: str) -> ApiClient:
+        return cls(config.volume_endpoint(conf), token)
+
+    def _volume(self, method: str, path: str, json: Any = None,
+                params: dict[str, str] | None = None) -> Any:
+        resp = self.http.request(method, self.volume_url + path, json=json, params=params,
+                                 headers={"OpenStack-API-Version": self.VOLUME_VERSION})
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp.json() if resp.content else None
+
+    # volumes
+    def create_volume(self, size: int, name: str | None = None,
+                      multiattach: bool = False) -> dict[str, Any]:
+        body = {"volume": {"size": size, "name": name, "multiattach": multiattach}}
+        vol: dict[str, Any] = self._volume("POST", "/volumes", body)["volume"]
+        return vol
+
+    def get_volume(self, volume_id: str) -> dict[str, Any]:
+        vol: dict[str, Any] = self._volume("GET", f"/volumes/{volume_id}")["volume"]
+        return vol
+
+    def list_volumes(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._volume("GET", "/volumes/detail")["volumes"]
+        return rows
+
+    def find_volume(self, name_or_id: str) -> str:
+        rows = [v for v in self.list_volumes() if name_or_id in (v["id"], v["name"])]
+        if len(rows) != 1:
+            raise ApiClientError(404, f"{len(rows)} volumes match {name_or_id!r}")
+        vid: str = rows[0]["id"]
+        return vid
+
+    def delete_volume(self, volume_id: str) -> None:
+        self._volume("DELETE", f"/volumes/{volume_id}")
+
+    def wait_volume(self, volume_id: str, statuses: set[str],
+                    timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            vol = self.get_volume(volume_id)
+            if vol["status"] in statuses:
+                return vol
+            if time.monotonic() > deadline:
+                raise ApiClientError(408, f"volume {volume_id} still {vol['status']} after "
+                                          f"{timeout:.0f}s")
+            time.sleep(0.05)
+
+    def wait_volume_gone(self, volume_id: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.get_volume(volume_id)
+            except ApiClientError as exc:
+                if exc.status == 404:
+                    return
+                raise
+            time.sleep(0.05)
+        raise ApiClientError(408, f"volume {volume_id} still exists after {timeout:.0f}s")
+
+    # attachments
+    def create_attachment(self, volume_id: str, instance: str | None,
+                          connector: dict[str, Any] | None) -> dict[str, Any]:
+        body = {"attachment": {"volume_uuid": volume_id, "instance_uuid": instance,
+                               "connector": connector}}
+        att: dict[str, Any] = self._volume("POST", "/attachments", body)["attachment"]
+        return att
+
+    def complete_attachment(self, attachment_id: str) -> None:
+        self._volume("POST", f"/attachments/{attachment_id}/action", {"os-complete": None})
+
+    def delete_attachment(self, attachment_id: str) -> None:
+        self._volume("DELETE", f"/attachments/{attachment_id}")
+
+
+class ComputeClient:
+    """The Compute API side of the CLI and demo."""
+
+    VERSION = "compute 2.89"
+
+    def __init__(self, compute_url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = compute_url.rstrip("/")
+        self.http = httpx.Client(timeout=timeout, headers={
+            "X-Auth-Token": token, "OpenStack-API-Version": self.VERSION})
+
+    @classmethod
+    def from_conf(cls, conf: Any, token: str) -> ComputeClient:
+        host = conf.api.bind_host
+        if host in ("0.0.0.0", "::"):  # noqa: S104
+            host = "127.0.0.1"
+        return cls(f"http://{host}:{conf.api.compute_port}/v2.1", token)
+
+    def _call(self, method: str, path: str, json: Any = None) -> Any:
+        resp = self.http.request(method, self.url + path, json=json)
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp.json() if resp.content else None
+
+    def create_server(self, name: str, flavor: str = "1") -> dict[str, Any]:
+        srv: dict[str, Any] = self._call("POST", "/servers", {"server": {
+            "name": name, "flavorRef": flavor, "networks": "none"}})["server"]
+        return srv
+
+    def get_server(self, server_id: str) -> dict[str, Any]:
+        srv: dict[str, Any] = self._call("GET", f"/servers/{server_id}")["server"]
+        return srv
+
+    def list_servers(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call("GET", "/servers/detail")["servers"]
+        return rows
+
+    def find_server(self, name_or_id: str) -> str:
+        rows = [s for s in self.list_servers() if name_or_id in (s["id"], s["name"])]
+        if len(rows) != 1:
+            raise ApiClientError(404, f"{len(rows)} servers match {name_or_id!r}")
+        sid: str = rows[0]["id"]
+        return sid
+
+    def delete_server(self, server_id: str) -> None:
+        self._call("DELETE", f"/servers/{server_id}")
+
+    def wait_server(self, server_id: str, statuses: set[str],
+                    timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            srv = self.get_server(server_id)
+            if srv["status"] in statuses:
+                return srv
+            if time.monotonic() > deadline:
+                raise ApiClientError(408, f"server {server_id} still {srv['status']}")
+            time.sleep(0.05)
+
+    def wait_server_gone(self, server_id: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.get_server(server_id)
+            except ApiClientError as exc:
+                if exc.status == 404:
+                    return
+                raise
+            time.sleep(0.05)
+        raise ApiClientError(408, f"server {server_id} still exists after {timeout:.0f}s")
+
+    def attach(self, server_id: str, volume_id: str, device: str | None = None
+               ) -> dict[str, Any]:
+        body: dict[str, Any] = {"volumeId": volume_id}
+        if device:
+            body["device"] = device
+        att: dict[str, Any] = self._call("POST", f"/servers/{server_id}/os-volume_attachments",
+                                         {"volumeAttachment": body})["volumeAttachment"]
+        return att
+
+    def detach(self, server_id: str, volume_id: str) -> str:
+        """Returns the request id: the instance action to follow."""
+        resp = self.http.delete(f"{self.url}/servers/{server_id}/os-volume_attachments/"
+                                f"{volume_id}")
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp.headers["x-openstack-request-id"]
+
+    def volume_attachments(self, server_id: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call(
+            "GET", f"/servers/{server_id}/os-volume_attachments")["volumeAttachments"]
+        return rows
+
+    def actions(self, server_id: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call(
+            "GET", f"/servers/{server_id}/os-instance-actions")["instanceActions"]
+        return rows
+
+    def action(self, server_id: str, request_id: str) -> dict[str, Any]:
+        act: dict[str, Any] = self._call(
+            "GET", f"/servers/{server_id}/os-instance-actions/{request_id}")["instanceAction"]
+        return act
+
+    def wait_action(self, server_id: str, request_id: str, timeout: float = 300.0,
+                    progress: Any = None) -> dict[str, Any]:
+        """Poll the action until it has finished; ``progress(action)`` on each poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            act = self.action(server_id, request_id)
+            if progress is not None:
+                progress(act)
+            if act.get("finish_time"):
+                return act
+            if time.monotonic() > deadline:
+                raise ApiClientError(408, f"action {request_id} unfinished after {timeout}s")
+            time.sleep(0.05)
+

@@ -1,0 +1,370 @@
+"""The compute service as the REST API sees it: every check of the spec's
+step 0 and s1, then a cast to the server's host.
+
+A request reaches the driver in five frames: handler → ComputeAPI →
+ComputeRpcApi (cast) → ComputeManager → virt driver / connector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tether import policy
+from tether.compute import flavors
+from tether.compute.rpcapi import ComputeRpcApi
+from tether.compute.volume_client import VolumeClient, VolumeRef
+from tether.context import RequestContext
+from tether.db import models
+from tether.db.api import Database, conditional_update
+from tether.exceptions import (
+    ActionNotFound,
+    ComputeServiceDown,
+    FlavorNotFound,
+    InstanceInvalidState,
+    InstanceLocked,
+    InvalidInput,
+    InvalidVolume,
+    ServerNotFound,
+    ServiceUnavailable,
+    VolumeNotAttached,
+)
+from tether.operations import Operations
+from tether.states import server as srv_states
+from tether.states.machine import InvalidTransition
+
+LOG = logging.getLogger(__name__)
+COMPUTE_BINARY = "tether-compute"
+_DEVICE_RE = re.compile(r"^/dev/(sd|vd)([a-z]{1,2})$")
+LiveHosts = Callable[[], list[str]]
+
+
+@dataclass(frozen=True)
+class ActionView:
+    action: models.InstanceAction
+    events: list[models.InstanceActionEvent]
+
+
+class ComputeAPI:
+    def __init__(self, db: Database, rpcapi: ComputeRpcApi, volumes: VolumeClient,
+                 live_hosts: LiveHosts, default_bus: str = "scsi") -> None:
+        self.db = db
+        self.rpcapi = rpcapi
+        self.volumes = volumes
+        self.live_hosts = live_hosts  # compute hosts with a fresh heartbeat
+        self.default_bus = default_bus
+        self.ops = Operations(db, host=None)
+
+    # -- lookups -------------------------------------------------------------
+
+    def _server(self, s: Session, ctx: RequestContext, server_id: str,
+                rule: str = "server:get") -> models.Instance:
+        inst = s.get(models.Instance, server_id)
+        if inst is None or inst.deleted or not policy.allowed(ctx, "server:get",
+                                                               inst.project_id):
+            raise ServerNotFound(server_id)
+        policy.authorize(ctx, rule, inst.project_id)
+        return inst
+
+    def get_server(self, ctx: RequestContext, server_id: str) -> models.Instance:
+        with self.db.session() as s:
+            inst = self._server(s, ctx, server_id)
+            s.expunge(inst)
+            return inst
+
+    def list_servers(self, ctx: RequestContext, name: str | None = None,
+                     all_projects: bool = False) -> list[models.Instance]:
+        policy.authorize(ctx, "server:list")
+        if all_projects:
+            policy.authorize(ctx, "server:all_projects")
+        with self.db.session() as s:
+            q = select(models.Instance).where(models.Instance.deleted.is_(False))
+            if not all_projects:
+                q = q.where(models.Instance.project_id == ctx.project_id)
+            rows = list(s.scalars(q.order_by(models.Instance.created_at.desc())).all())
+            if name is not None:
+                pattern = re.compile(name)  # Nova treats the filter as a regex
+                rows = [r for r in rows if pattern.search(r.name)]
+            for r in rows:
+                s.expunge(r)
+            return rows
+
+    def volume_bdms(self, server_ids: list[str]) -> dict[str, list[models.BlockDeviceMapping]]:
+        out: dict[str, list[models.BlockDeviceMapping]] = {i: [] for i in server_ids}
+        if not server_ids:
+            return out
+        with self.db.session() as s:
+            for bdm in s.scalars(select(models.BlockDeviceMapping).where(
+                    models.BlockDeviceMapping.instance_uuid.in_(server_ids),
+                    models.BlockDeviceMapping.deleted.is_(False),
+                    models.BlockDeviceMapping.volume_id.is_not(None)).order_by(
+                    models.BlockDeviceMapping.id)).all():
+                s.expunge(bdm)
+                out[bdm.instance_uuid].append(bdm)
+        return out
+
+    # -- servers -------------------------------------------------------------
+
+    def create_server(self, ctx: RequestContext, name: str, flavor_ref: str,
+                      image_ref: str | None = None) -> models.Instance:
+        policy.authorize(ctx, "server:create")
+        flavor = flavors.find(flavor_ref)
+        if flavor is None:
+            raise FlavorNotFound(flavor_ref)
+        host = self._pick_host()
+        inst = models.Instance(
+            uuid=str(uuid.uuid4()), name=name, project_id=ctx.project_id, user_id=ctx.user_id,
+            host=host, flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram,
+            image_ref=image_ref, vm_state=srv_states.BUILDING, task_state="spawning",
+            power_state=srv_states.POWER_NOSTATE, locked=False, meta={},
+            created_at=models.utcnow(), deleted=False)
+        with self.db.session() as s:
+            s.add(inst)
+        action = self.ops.start_action(ctx, inst.uuid, "create")
+        self.rpcapi.build_instance(ctx, host, inst.uuid, action.id)
+        return inst
+
+    def _pick_host(self) -> str:
+        hosts = self.live_hosts()
+        if not hosts:
+            raise ServiceUnavailable("No compute service is up to run the server; start "
+                                     "`tether serve` or `tether service compute`.")
+        with self.db.session() as s:
+            counts = dict(s.execute(select(models.Instance.host, func.count()).where(
+                models.Instance.deleted.is_(False)).group_by(models.Instance.host)).all())
+        return min(hosts, key=lambda h: (counts.get(h, 0), h))
+
+    def _check_host_up(self, inst: models.Instance) -> str:
+        if inst.host is None:
+            raise InstanceInvalidState(f"Instance {inst.uuid} has no host.")
+        if inst.host not in self.live_hosts():
+            raise ComputeServiceDown(inst.host)
+        return inst.host
+
+    def _check_unlocked(self, ctx: RequestContext, inst: models.Instance) -> None:
+        if inst.locked and not ctx.is_admin:  # admins act on locked servers, as in Nova
+            raise InstanceLocked(inst.uuid)
+
+    def _check_state(self, inst: models.Instance, event: str) -> None:
+        try:
+            srv_states.MACHINE.check(event, inst.vm_state, inst.uuid,
+                                     None if len(srv_states.MACHINE.transition(event).targets)
+                                     == 1 else inst.vm_state)
+        except InvalidTransition:
+            raise InstanceInvalidState(
+                f"Cannot '{event}' instance {inst.uuid} while it is in vm_state "
+                f"{inst.vm_state}.") from None
+
+    def _set_vm_state(self, s: Session, inst: models.Instance, event: str,
+                      task_state: str | None) -> None:
+        self._check_state(inst, event)
+        (target,) = srv_states.MACHINE.transition(event).targets
+        if not conditional_update(s, models.Instance, inst.uuid,
+                                  {"vm_state": target, "task_state": task_state},
+                                  {"vm_state": srv_states.MACHINE.sources(event)}):
+            raise InstanceInvalidState(f"Instance {inst.uuid} changed state concurrently.")
+
+    def delete_server(self, ctx: RequestContext, server_id: str) -> None:
+        with self.db.session() as s:
+            inst = self._server(s, ctx, server_id, "server:delete")
+            self._check_unlocked(ctx, inst)
+            if inst.task_state == "deleting":
+                return
+            host = self._check_host_up(inst)
+            inst.task_state = "deleting"
+        action = self.ops.start_action(ctx, server_id, "delete")
+        self.rpcapi.terminate_instance(ctx, host, server_id, action.id)
+
+    def power_action(self, ctx: RequestContext, server_id: str, event: str) -> None:
+        """``stop`` or ``start``."""
+        with self.db.session() as s:
+            inst = self._server(s, ctx, server_id, f"server:{event}")
+            self._check_unlocked(ctx, inst)
+            host = self._check_host_up(inst)
+            self._check_state(inst, event)
+            if inst.task_state is not None:
+                raise InstanceInvalidState(f"Cannot '{event}' instance {server_id} while it "
+                                           f"is in task_state {inst.task_state}.")
+            inst.task_state = "powering-off" if event == "stop" else "powering-on"
+        action = self.ops.start_action(ctx, server_id, event)
+        self.rpcapi.power_action(ctx, host, server_id, event, action.id)
+
+    def lock(self, ctx: RequestContext, server_id: str, locked: bool) -> None:
+        with self.db.session() as s:
+            inst = self._server(s, ctx, server_id, "server:lock" if locked else "server:unlock")
+            if not locked and inst.locked and inst.locked_by == "admin" and not ctx.is_admin:
+                raise InstanceLocked(server_id)
+            inst.locked = locked
+            inst.locked_by = ("admin" if ctx.is_admin else "owner") if locked else None
+        self.ops.finish_action(self.ops.start_action(ctx, server_id,
+                                                     "lock" if locked else "unlock"))
+
+    # -- volume attachments ----------------------------------------------------
+
+    def _bdm(self, s: Session, server_id: str, volume_id: str
+             ) -> models.BlockDeviceMapping | None:
+        bdm: models.BlockDeviceMapping | None = s.scalars(
+            select(models.BlockDeviceMapping).where(
+                models.BlockDeviceMapping.instance_uuid == server_id,
+                models.BlockDeviceMapping.volume_id == volume_id,
+                models.BlockDeviceMapping.deleted.is_(False))).first()
+        return bdm
+
+    def get_volume_attachment(self, ctx: RequestContext, server_id: str, volume_id: str
+                              ) -> models.BlockDeviceMapping:
+        with self.db.session() as s:
+            self._server(s, ctx, server_id, "server:volume_attachments:show")
+            bdm = self._bdm(s, server_id, volume_id)
+            if bdm is None:
+                raise VolumeNotAttached(server_id, volume_id)
+            s.expunge(bdm)
+            return bdm
+
+    def list_volume_attachments(self, ctx: RequestContext, server_id: str
+                                ) -> list[models.BlockDeviceMapping]:
+        with self.db.session() as s:
+            self._server(s, ctx, server_id, "server:volume_attachments:index")
+        return self.volume_bdms([server_id])[server_id]
+
+    def _volume(self, ctx: RequestContext, volume_id: str) -> VolumeRef:
+        vol = self.volumes.get_volume(volume_id)
+        if not policy.allowed(ctx, "volume:get", vol.project_id):
+            raise InvalidVolume(f"Volume {volume_id} could not be found.")
+        return vol
+
+    def attach_volume(self, ctx: RequestContext, server_id: str, volume_id: str,
+                      device: str | None, tag: str | None, delete_on_termination: bool,
+                      allow_multiattach: bool) -> models.BlockDeviceMapping:
+        with self.db.session() as s:
+            inst = self._server(s, ctx, server_id, "server:volume_attachments:create")
+            self._check_unlocked(ctx, inst)
+            self._check_state(inst, "attach_volume")
+            if inst.vm_state in srv_states.SHELVED_STATES:
+                raise InstanceInvalidState(f"Attaching a volume to shelved server {server_id} "
+                                           "is not supported yet.")
+            host = self._check_host_up(inst)
+            if self._bdm(s, server_id, volume_id) is not None:
+                raise InvalidVolume(f"Volume {volume_id} is already attached to instance "
+                                    f"{server_id}.")
+            used = [b.device_name for b in self.volume_bdms([server_id])[server_id]]
+        vol = self._volume(ctx, volume_id)
+        if vol.multiattach and not allow_multiattach:
+            raise InvalidInput("Multiattach volumes are only supported starting with compute "
+                               "API version 2.60.")
+        bus, name = self._device(device, used)
+        attachment = self.volumes.attachment_create(volume_id, server_id)  # reserves
+        bdm = models.BlockDeviceMapping(
+            uuid=str(uuid.uuid4()), instance_uuid=server_id, volume_id=volume_id,
+            attachment_id=attachment.id, device_name=name, disk_bus=bus, boot_index=None,
+            source_type="volume", destination_type="volume", tag=tag,
+            delete_on_termination=delete_on_termination, created_at=models.utcnow(),
+            deleted=False)
+        try:
+            with self.db.session() as s:
+                s.add(bdm)
+            action = self.ops.start_action(ctx, server_id, "attach_volume", volume_id)
+            with self.ops.step(action, "a1:compute_api"):
+                pass
+            self.rpcapi.attach_volume(ctx, host, server_id, bdm.uuid, action.id)
+        except Exception:
+            self.volumes.attachment_delete(attachment.id)
+            with self.db.session() as s:
+                row = s.get(models.BlockDeviceMapping, bdm.id) if bdm.id else None
+                if row is not None:
+                    s.delete(row)
+            raise
+        return bdm
+
+    def _device(self, requested: str | None, used: list[str | None]) -> tuple[str, str]:
+        """Bus and device name: the requested prefix picks the bus (sd: virtio-scsi,
+        vd: virtio-blk); the name is the first free one on that bus."""
+        bus = self.default_bus
+        if requested:
+            m = _DEVICE_RE.match(requested)
+            if m is None:
+                raise InvalidInput(f"The supplied device path ({requested}) is invalid: "
+                                   "expected /dev/sdX or /dev/vdX.")
+            bus = "scsi" if m.group(1) == "sd" else "virtio"
+        prefix = "sd" if bus == "scsi" else "vd"
+        taken = {u for u in used if u}
+        for letter in "bcdefghijklmnopqrstuvwxyz":
+            name = f"/dev/{prefix}{letter}"
+            if name not in taken:
+                return bus, name
+        raise InvalidInput("The server has no free device name left for another volume.")
+
+    def detach_volume(self, ctx: RequestContext, server_id: str, volume_id: str,
+                      allow_shelved: bool) -> None:
+        """Spec step 0 and s1, in the spec's order: policy, server, shelved,
+        volume, BDM, root device; then (s1) lock, state and host checks,
+        begin_detaching, the action, the cast."""
+        with self.db.session() as s:
+            inst = self._server(s, ctx, server_id, "server:volume_attachments:delete")
+            s.expunge(inst)
+        if inst.vm_state in srv_states.SHELVED_STATES and not allow_shelved:
+            raise InstanceInvalidState(
+                f"Cannot 'detach_volume' instance {server_id} while it is in vm_state "
+                f"{inst.vm_state}: detaching from a shelved server needs microversion 2.20 "
+                "or later.")
+        self._volume(ctx, volume_id)  # 404 when the volume does not exist
+        with self.db.session() as s:
+            bdm = self._bdm(s, server_id, volume_id)
+            if bdm is None:
+                raise VolumeNotAttached(server_id, volume_id)
+            if bdm.boot_index == 0:
+                raise InvalidVolume("Cannot detach a root device volume.")
+            attachment_id = bdm.attachment_id
+        self._check_unlocked(ctx, inst)
+        self._check_state(inst, "detach_volume")
+        host = self._check_host_up(inst)
+        started = models.utcnow()
+        self.volumes.begin_detaching(volume_id)  # in-use -> detaching, or 400
+        action = self.ops.start_action(ctx, server_id, "detach_volume", volume_id)
+        try:
+            with self.ops.step(action, "s1:compute_api", started=started):
+                self.rpcapi.detach_volume(ctx, host, server_id, volume_id, attachment_id,
+                                          action.id)
+        except Exception:
+            self.volumes.roll_detaching(volume_id)
+            self.ops.finish_action(action, "Error")
+            raise
+
+    # -- instance actions ----------------------------------------------------
+
+    def list_actions(self, ctx: RequestContext, server_id: str) -> list[models.InstanceAction]:
+        with self.db.session() as s:
+            self._server(s, ctx, server_id, "server:instance_actions")
+            rows = list(s.scalars(select(models.InstanceAction).where(
+                models.InstanceAction.instance_uuid == server_id).order_by(
+                models.InstanceAction.start_time.desc(), models.InstanceAction.id.desc())).all())
+            for r in rows:
+                s.expunge(r)
+            return rows
+
+    def get_action(self, ctx: RequestContext, server_id: str, request_id: str) -> ActionView:
+        with self.db.session() as s:
+            self._server(s, ctx, server_id, "server:instance_actions")
+            action = s.scalars(select(models.InstanceAction).where(
+                models.InstanceAction.instance_uuid == server_id,
+                models.InstanceAction.request_id == request_id).order_by(
+                models.InstanceAction.id.desc())).first()
+            if action is None:
+                raise ActionNotFound(server_id, request_id)
+            events = list(s.scalars(select(models.InstanceActionEvent).where(
+                models.InstanceActionEvent.action_id == action.id).order_by(
+                models.InstanceActionEvent.id)).all())
+            s.expunge(action)
+            for e in events:
+                s.expunge(e)
+            return ActionView(action, events)
+
+
+def heartbeat_cutoff(down_after: float) -> dt.datetime:
+    return models.utcnow() - dt.timedelta(seconds=down_after)

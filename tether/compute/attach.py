@@ -1,0 +1,113 @@
+"""The host side of a volume attach, the mirror of detach:
+
+  a1.1    attachment update with this host's connector → connection_info
+          (storage exports the volume to this initiator only)
+  a2      host connect (iscsi-direct: the CHAP secret into libvirt)
+  a1.1.1  guest device add (persistent, and live when running)
+  a1.3    attachment complete → volume in-use
+
+Any failure rolls everything back in reverse: no disk, no secret, no export,
+volume available, no block device mapping; the action records the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+from tether.compute.volume_client import VolumeClient
+from tether.connection import ConnectionInfo
+from tether.connectors.base import VolumeConnector
+from tether.context import RequestContext
+from tether.db import models
+from tether.db.api import Database
+from tether.operations import ActionRef, Operations
+from tether.virt import driver as virt
+
+LOG = logging.getLogger(__name__)
+
+
+class AttachFlow:
+    def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
+                 volumes: VolumeClient, ops: Operations, rollback_timeout: float = 10.0) -> None:
+        self.db = db
+        self.virt = virt_driver
+        self.connector = connector
+        self.volumes = volumes
+        self.ops = ops
+        self.rollback_timeout = rollback_timeout
+
+    def run(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
+            action: ActionRef) -> bool:
+        with self.db.session() as s:
+            bdm = s.query(models.BlockDeviceMapping).filter_by(uuid=bdm_uuid).one_or_none()
+            if bdm is not None:
+                s.expunge(bdm)
+        if bdm is None or bdm.deleted or bdm.volume_id is None or bdm.attachment_id is None:
+            LOG.warning("attach: block device mapping %s is gone", bdm_uuid)
+            self.ops.finish_action(action, "Error")
+            return False
+        volume_id, attachment_id = bdm.volume_id, bdm.attachment_id
+        undo: list[Callable[[], None]] = []
+        try:
+            with self.ops.step(action, "a1.1:attachment_update"):
+                info = self.volumes.attachment_update(attachment_id,
+                                                      self.connector.properties()
+                                                      ).connection_info
+                assert info is not None
+            with self.ops.step(action, "a2:host_connect"):
+                source = self.connector.connect(info)
+                undo.append(lambda: self.connector.disconnect(info))
+            spec = virt.DiskSpec(volume_id=volume_id, target_dev=_dev(bdm.device_name),
+                                 bus="virtio" if bdm.disk_bus == "virtio" else "scsi",
+                                 source=source)
+            with self.ops.step(action, "a1.1.1:guest_device_add"):
+                self.virt.attach_disk(instance_uuid, spec)
+                undo.append(lambda: self._undo_disk(instance_uuid, volume_id))
+            with self.ops.step(action, "a1.3:attachment_complete"):
+                self.volumes.attachment_complete(attachment_id)
+        except Exception:
+            LOG.exception("attach of volume %s to instance %s failed; rolling back",
+                          volume_id, instance_uuid)
+            self._roll_back(undo, attachment_id, bdm.id)
+            self.ops.finish_action(action, "Error")
+            return False
+        with self.db.session() as s:
+            row = s.get(models.BlockDeviceMapping, bdm.id)
+            if row is not None:
+                row.connection_info = _without_secret(info)
+        self.ops.finish_action(action)
+        LOG.info("volume %s attached to instance %s as %s", volume_id, instance_uuid,
+                 bdm.device_name)
+        return True
+
+    def _undo_disk(self, instance_uuid: str, volume_id: str) -> None:
+        with contextlib.suppress(virt.DiskNotFound, virt.InstanceNotFound):
+            self.virt.detach_disk(instance_uuid, volume_id, timeout=self.rollback_timeout,
+                                  attempts=1)
+
+    def _roll_back(self, undo: list[Callable[[], None]], attachment_id: str,
+                   bdm_id: int) -> None:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:
+                LOG.exception("attach rollback step failed")
+        try:
+            self.volumes.attachment_delete(attachment_id)  # unexport; volume available
+        except Exception:
+            LOG.exception("attach rollback: deleting attachment %s failed", attachment_id)
+        with self.db.session() as s:
+            row = s.get(models.BlockDeviceMapping, bdm_id)
+            if row is not None:
+                row.deleted, row.deleted_at = True, models.utcnow()
+
+
+def _dev(device_name: str | None) -> str:
+    return (device_name or "/dev/sdb").rsplit("/", 1)[-1]
+
+
+def _without_secret(info: ConnectionInfo) -> dict[str, object]:
+    """What the BDM keeps: enough to disconnect, never the CHAP password."""
+    return info.to_dict(with_secret=False)

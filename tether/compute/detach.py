@@ -1,0 +1,141 @@
+"""The host side of a volume detach, step by step as ``spec/detach-flow.md``
+gives it (the API side, step 0 and s1, is ComputeAPI.detach_volume):
+
+  s1.1    driver detach (guest side) — only on the server's own host
+  s1.1.1  guest device removal: persistent + live, waiting for the event
+  s2      host disconnect (skipped while another server here uses the volume)
+  s1.2+s1.3 storage side: attachment delete (terminate connection + detach)
+
+Guest refused → the volume rolls back to in-use, the disk, BDM, attachment
+and export stay; any other error → the same rollback.  A disk or domain
+already gone does not stop the storage side being cleaned.  Every step is
+idempotent, so a detach interrupted by a crash is simply run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from tether.compute.volume_client import VolumeClient
+from tether.connection import ConnectionInfo
+from tether.connectors.base import VolumeConnector
+from tether.context import RequestContext
+from tether.db import models
+from tether.db.api import Database
+from tether.operations import ActionRef, Operations
+from tether.virt import driver as virt
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetachPolicy:
+    timeout: float  # seconds per live-detach attempt
+    attempts: int
+
+
+class DetachFlow:
+    def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
+                 volumes: VolumeClient, ops: Operations, host: str,
+                 policy: DetachPolicy) -> None:
+        self.db = db
+        self.virt = virt_driver
+        self.connector = connector
+        self.volumes = volumes
+        self.ops = ops
+        self.host = host
+        self.policy = policy
+
+    def run(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
+            attachment_id: str | None, action: ActionRef) -> bool:
+        """Detach; True on success.  Failures are recorded on the action (the
+        caller is a cast: nobody waits for an exception)."""
+        with self.db.session() as s:
+            bdm = s.scalars(select(models.BlockDeviceMapping).where(
+                models.BlockDeviceMapping.instance_uuid == instance_uuid,
+                models.BlockDeviceMapping.volume_id == volume_id,
+                models.BlockDeviceMapping.deleted.is_(False))).first()
+            inst = s.get(models.Instance, instance_uuid)
+            if bdm is not None:
+                s.expunge(bdm)
+        if bdm is None or inst is None:
+            LOG.warning("detach of volume %s from %s: no block device mapping, nothing to do",
+                        volume_id, instance_uuid)
+            self.ops.finish_action(action)
+            return True
+        info = _connection_info(bdm)
+        try:
+            if inst.host == self.host:
+                with self.ops.step(action, "s1.1:driver_detach"):
+                    self._driver_detach(instance_uuid, volume_id, info, action)
+            else:
+                LOG.error("Unable to call for a driver detach of volume %s from instance %s: "
+                          "the instance is registered to host %s, not this host %s", volume_id,
+                          instance_uuid, inst.host, self.host)
+            with self.ops.step(action, "s1.2+s1.3:attachment_delete"):
+                if attachment_id is not None:
+                    self.volumes.attachment_delete(attachment_id)
+                else:
+                    self.volumes.terminate_connection(volume_id, self.connector.properties())
+                    self.volumes.detach(volume_id, None)
+        except Exception as exc:
+            self._roll_back(volume_id, action, exc)
+            return False
+        with self.db.session() as s:
+            row = s.get(models.BlockDeviceMapping, bdm.id)
+            if row is not None:
+                row.deleted, row.deleted_at = True, models.utcnow()
+        self.ops.finish_action(action)
+        LOG.info("volume %s detached from instance %s", volume_id, instance_uuid)
+        return True
+
+    def _driver_detach(self, instance_uuid: str, volume_id: str, info: ConnectionInfo | None,
+                       action: ActionRef) -> None:
+        """s1.1: the guest side, then (s2) the host side."""
+        with self.ops.step(action, "s1.1.1:guest_device_removal"):
+            try:
+                self.virt.detach_disk(instance_uuid, volume_id, timeout=self.policy.timeout,
+                                      attempts=self.policy.attempts)
+            except virt.InstanceNotFound:
+                LOG.warning("Instance %s disappeared from the hypervisor during the detach of "
+                            "volume %s; cleaning up the storage side", instance_uuid, volume_id)
+            except virt.DiskNotFound:
+                LOG.warning("Ignoring DiskNotFound for volume %s on instance %s: the disk is "
+                            "already gone from the guest", volume_id, instance_uuid)
+        with self.ops.step(action, "s2:host_disconnect"):
+            if self._other_users_on_host(instance_uuid, volume_id):
+                LOG.info("Detected multiple connections on this host for volume %s, "
+                         "skipping target disconnect", volume_id)
+            elif info is not None:
+                self.connector.disconnect(info)
+
+    def _other_users_on_host(self, instance_uuid: str, volume_id: str) -> bool:
+        with self.db.session() as s:
+            others = s.scalars(select(models.BlockDeviceMapping.id).join(
+                models.Instance,
+                models.Instance.uuid == models.BlockDeviceMapping.instance_uuid).where(
+                models.BlockDeviceMapping.volume_id == volume_id,
+                models.BlockDeviceMapping.deleted.is_(False),
+                models.BlockDeviceMapping.instance_uuid != instance_uuid,
+                models.Instance.host == self.host)).first()
+            return others is not None
+
+    def _roll_back(self, volume_id: str, action: ActionRef, exc: Exception) -> None:
+        if isinstance(exc, virt.DeviceDetachFailed):
+            LOG.error("%s; rolling volume %s back to in-use", exc, volume_id)
+        else:
+            LOG.exception("detach of volume %s failed; rolling it back to in-use", volume_id)
+        try:
+            self.volumes.roll_detaching(volume_id)
+        except Exception:
+            LOG.exception("roll_detaching of volume %s failed", volume_id)
+        self.ops.finish_action(action, "Error")
+
+
+def _connection_info(bdm: models.BlockDeviceMapping) -> ConnectionInfo | None:
+    if not bdm.connection_info:
+        return None
+    return ConnectionInfo.from_dict(bdm.connection_info)

@@ -1,0 +1,236 @@
+"""The compute service's host side: owns the servers of one hypervisor host.
+
+Runs what the API casts (build, delete, power, attach, detach), one operation
+per server at a time (a per-server lock, as Nova's ``synchronized(uuid)``),
+and on start resumes what a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import oslo_messaging as messaging
+from sqlalchemy import select
+
+from tether.compute.attach import AttachFlow
+from tether.compute.detach import DetachFlow, DetachPolicy
+from tether.compute.volume_client import VolumeClient
+from tether.connection import ConnectionInfo
+from tether.connectors.base import VolumeConnector
+from tether.context import RequestContext, admin_context
+from tether.db import models
+from tether.db.api import Database
+from tether.operations import ActionRef, Operations
+from tether.states import server as srv_states
+from tether.virt import driver as virt
+
+LOG = logging.getLogger(__name__)
+
+_POWER = {virt.PowerState.RUNNING: srv_states.POWER_RUNNING,
+          virt.PowerState.PAUSED: srv_states.POWER_PAUSED,
+          virt.PowerState.SHUTOFF: srv_states.POWER_SHUTDOWN,
+          virt.PowerState.CRASHED: srv_states.POWER_CRASHED,
+          virt.PowerState.NOSTATE: srv_states.POWER_NOSTATE}
+
+
+class ComputeManager:
+    def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
+                 volumes: VolumeClient, host: str, policy: DetachPolicy,
+                 domain_prefix: str = "tether-") -> None:
+        self.db = db
+        self.virt = virt_driver
+        self.connector = connector
+        self.volumes = volumes
+        self.host = host
+        self.domain_prefix = domain_prefix
+        self.ops = Operations(db, host)
+        self.detach = DetachFlow(db, virt_driver, connector, volumes, self.ops, host, policy)
+        self.attach = AttachFlow(db, virt_driver, connector, volumes, self.ops)
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def _locked(self, instance_uuid: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[instance_uuid]
+        with lock:
+            yield
+
+    def _action(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> ActionRef:
+        return ActionRef(action_id, instance_uuid, ctx.request_id)
+
+    # -- servers -------------------------------------------------------------
+
+    def build_instance(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> None:
+        action = self._action(ctx, instance_uuid, action_id)
+        with self._locked(instance_uuid):
+            with self.db.session() as s:
+                inst = s.get(models.Instance, instance_uuid)
+                if inst is None:
+                    return
+                spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
+                                       vcpus=inst.vcpus, memory_mib=inst.memory_mb)
+            try:
+                with self.ops.step(action, "spawn"):
+                    self.virt.spawn(spec)
+            except Exception:
+                LOG.exception("building instance %s failed", instance_uuid)
+                self._set_state(instance_uuid, srv_states.ERROR, None)
+                self.ops.finish_action(action, "Error")
+                return
+            self._set_state(instance_uuid, srv_states.ACTIVE, None)
+            self.ops.finish_action(action)
+
+    def _set_state(self, instance_uuid: str, vm_state: str, task_state: str | None) -> None:
+        with self.db.session() as s:
+            inst = s.get(models.Instance, instance_uuid)
+            if inst is None:
+                return
+            inst.vm_state, inst.task_state = vm_state, task_state
+            try:
+                inst.power_state = _POWER[self.virt.power_state(instance_uuid)]
+            except virt.InstanceNotFound:
+                inst.power_state = srv_states.POWER_NOSTATE
+
+    def power_action(self, ctx: RequestContext, instance_uuid: str, event: str,
+                     action_id: int) -> None:
+        action = self._action(ctx, instance_uuid, action_id)
+        with self._locked(instance_uuid):
+            try:
+                with self.ops.step(action, event):
+                    if event == "stop":
+                        self.virt.power_off(instance_uuid)
+                    else:
+                        self.virt.power_on(instance_uuid)
+            except Exception:
+                LOG.exception("%s of instance %s failed", event, instance_uuid)
+                with self.db.session() as s:
+                    inst = s.get(models.Instance, instance_uuid)
+                    if inst is not None:
+                        inst.task_state = None
+                self.ops.finish_action(action, "Error")
+                return
+            (target,) = srv_states.MACHINE.transition(event).targets
+            self._set_state(instance_uuid, target, None)
+            self.ops.finish_action(action)
+
+    def terminate_instance(self, ctx: RequestContext, instance_uuid: str,
+                           action_id: int) -> None:
+        """Delete a server: the domain goes first (so no guest can use a volume any
+        more), then each volume is disconnected and detached on the storage side,
+        and deleted when its BDM says delete_on_termination."""
+        action = self._action(ctx, instance_uuid, action_id)
+        with self._locked(instance_uuid):
+            with self.ops.step(action, "destroy_guest"):
+                self.virt.destroy(instance_uuid)
+            with self.db.session() as s:
+                bdms = list(s.scalars(select(models.BlockDeviceMapping).where(
+                    models.BlockDeviceMapping.instance_uuid == instance_uuid,
+                    models.BlockDeviceMapping.deleted.is_(False))).all())
+                for b in bdms:
+                    s.expunge(b)
+            for bdm in bdms:
+                if bdm.volume_id is None:
+                    continue
+                with self.ops.step(action, f"detach_volume:{bdm.volume_id}"):
+                    self._cleanup_volume(bdm)
+            with self.db.session() as s:
+                inst = s.get(models.Instance, instance_uuid)
+                if inst is not None:
+                    inst.vm_state, inst.task_state = srv_states.DELETED, None
+                    inst.deleted, inst.deleted_at = True, models.utcnow()
+                    inst.power_state = srv_states.POWER_NOSTATE
+            self.ops.finish_action(action)
+
+    def _cleanup_volume(self, bdm: models.BlockDeviceMapping) -> None:
+        assert bdm.volume_id is not None
+        if bdm.connection_info and not self.detach._other_users_on_host(
+                bdm.instance_uuid, bdm.volume_id):
+            self.connector.disconnect(ConnectionInfo.from_dict(bdm.connection_info))
+        if bdm.attachment_id:
+            self.volumes.attachment_delete(bdm.attachment_id)
+        with self.db.session() as s:
+            row = s.get(models.BlockDeviceMapping, bdm.id)
+            if row is not None:
+                row.deleted, row.deleted_at = True, models.utcnow()
+        if bdm.delete_on_termination:
+            self.volumes.delete_volume(bdm.volume_id)
+
+    # -- volumes -------------------------------------------------------------
+
+    def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
+                      action_id: int) -> None:
+        with self._locked(instance_uuid):
+            self.attach.run(ctx, instance_uuid, bdm_uuid,
+                            self._action(ctx, instance_uuid, action_id))
+
+    def detach_volume(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
+                      attachment_id: str | None, action_id: int) -> None:
+        with self._locked(instance_uuid):
+            self.detach.run(ctx, instance_uuid, volume_id, attachment_id,
+                            self._action(ctx, instance_uuid, action_id))
+
+    # -- start-up ------------------------------------------------------------
+
+    def resume_unfinished(self) -> int:
+        """Operations a crash interrupted: a detach is run again (its steps are
+        idempotent); an attach is rolled back; anything else is marked failed."""
+        ctx = admin_context()
+        count = 0
+        for row in self.ops.unfinished(self.host, ("attach_volume", "detach_volume")):
+            action = ActionRef(row.id, row.instance_uuid, row.request_id)
+            count += 1
+            if row.action == "detach_volume" and row.resource_id:
+                LOG.warning("resuming interrupted detach of volume %s from %s",
+                            row.resource_id, row.instance_uuid)
+                bdm_att = self._attachment_of(row.instance_uuid, row.resource_id)
+                self.detach_volume(ctx, row.instance_uuid, row.resource_id, bdm_att, row.id)
+            elif row.action == "attach_volume" and row.resource_id:
+                LOG.warning("rolling back interrupted attach of volume %s to %s",
+                            row.resource_id, row.instance_uuid)
+                self.ops.record(action, "resume", "Error", "interrupted; rolled back")
+                self.detach_volume(ctx, row.instance_uuid, row.resource_id,
+                                   self._attachment_of(row.instance_uuid, row.resource_id),
+                                   row.id)
+                self.ops.finish_action(action, "Error")
+        return count
+
+    def _attachment_of(self, instance_uuid: str, volume_id: str) -> str | None:
+        with self.db.session() as s:
+            bdm = s.scalars(select(models.BlockDeviceMapping).where(
+                models.BlockDeviceMapping.instance_uuid == instance_uuid,
+                models.BlockDeviceMapping.volume_id == volume_id,
+                models.BlockDeviceMapping.deleted.is_(False))).first()
+            return bdm.attachment_id if bdm is not None else None
+
+
+class ComputeEndpoint:
+    """oslo.messaging endpoint: unpacks casts into ComputeManager calls."""
+
+    target = messaging.Target(version="1.0")
+
+    def __init__(self, manager: ComputeManager) -> None:
+        self.m = manager
+
+    def build_instance(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> None:
+        self.m.build_instance(ctx, instance_uuid, action_id)
+
+    def terminate_instance(self, ctx: RequestContext, instance_uuid: str,
+                           action_id: int) -> None:
+        self.m.terminate_instance(ctx, instance_uuid, action_id)
+
+    def power_action(self, ctx: RequestContext, instance_uuid: str, event: str,
+                     action_id: int) -> None:
+        self.m.power_action(ctx, instance_uuid, event, action_id)
+
+    def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
+                      action_id: int) -> None:
+        self.m.attach_volume(ctx, instance_uuid, bdm_uuid, action_id)
+
+    def detach_volume(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
+                      attachment_id: str | None, action_id: int) -> None:
+        self.m.detach_volume(ctx, instance_uuid, volume_id, attachment_id, action_id)

@@ -1,0 +1,162 @@
+"""The compute side's only way to block storage: the Cinder v3 REST API.
+
+A small typed client (one keep-alive HTTP connection pool per process) that
+authenticates with the service token, like Nova's service user.  Errors come
+back as the domain errors the Compute API maps to the right status (404 for a
+missing volume, 400 for a refused state change), so a storage answer passes
+through to the user unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tether.connection import ConnectionInfo, Connector
+from tether.exceptions import (
+    AttachmentNotFound,
+    BackendError,
+    Conflict,
+    InvalidVolume,
+    TetherError,
+    VolumeNotFound,
+)
+
+LOG = logging.getLogger(__name__)
+MICROVERSION = "volume 3.71"
+RETRY_STATUSES = (500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """What compute needs to know about a volume."""
+
+    id: str
+    status: str
+    size: int
+    multiattach: bool
+    shared_targets: bool
+    service_uuid: str | None
+    project_id: str
+    attachments: tuple[dict[str, Any], ...]
+
+    def attachment_for(self, server_uuid: str) -> str | None:
+        for a in self.attachments:
+            if a.get("server_id") == server_uuid:
+                aid: str | None = a.get("attachment_id")
+                return aid
+        return None
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    id: str
+    status: str
+    connection_info: ConnectionInfo | None
+
+
+class VolumeClient:
+    def __init__(self, endpoint: str, service_token: str, timeout: float = 60.0,
+                 retries: int = 3, transport: httpx.BaseTransport | None = None) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.retries = retries
+        self._http = httpx.Client(timeout=timeout, transport=transport, headers={
+            "X-Auth-Token": service_token, "OpenStack-API-Version": MICROVERSION})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: Any = None, *,
+              not_found: TetherError | None = None) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self._http.request(method, self.endpoint + path, json=body)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise BackendError(f"block storage unreachable at {self.endpoint}: "
+                                       f"{exc}") from exc
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            if resp.status_code in RETRY_STATUSES and attempt < self.retries:
+                LOG.warning("block storage %s %s answered %d; retrying", method, path,
+                            resp.status_code)
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            break
+        if resp.status_code < 400:
+            return resp.json() if resp.content else None
+        message = _message(resp)
+        if resp.status_code == 404 and not_found is not None:
+            raise not_found
+        if resp.status_code in (400, 404):
+            raise InvalidVolume(message)
+        if resp.status_code == 409:
+            raise Conflict(message)
+        raise BackendError(f"block storage {method} {path} failed ({resp.status_code}): "
+                           f"{message}")
+
+    # volumes
+    def get_volume(self, volume_id: str) -> VolumeRef:
+        v = self._call("GET", f"/volumes/{volume_id}",
+                       not_found=VolumeNotFound(volume_id))["volume"]
+        return VolumeRef(id=v["id"], status=v["status"], size=v["size"],
+                         multiattach=v["multiattach"], shared_targets=v["shared_targets"],
+                         service_uuid=v.get("service_uuid"),
+                         project_id=v["os-vol-tenant-attr:tenant_id"],
+                         attachments=tuple(v["attachments"]))
+
+    def delete_volume(self, volume_id: str) -> None:
+        self._call("DELETE", f"/volumes/{volume_id}", not_found=VolumeNotFound(volume_id))
+
+    def _action(self, volume_id: str, name: str, args: dict[str, Any] | None = None) -> Any:
+        return self._call("POST", f"/volumes/{volume_id}/action", {name: args or {}},
+                          not_found=VolumeNotFound(volume_id))
+
+    def begin_detaching(self, volume_id: str) -> None:
+        self._action(volume_id, "os-begin_detaching")
+
+    def roll_detaching(self, volume_id: str) -> None:
+        self._action(volume_id, "os-roll_detaching")
+
+    def terminate_connection(self, volume_id: str, connector: Connector) -> None:
+        self._action(volume_id, "os-terminate_connection", {"connector": connector.to_dict()})
+
+    def detach(self, volume_id: str, attachment_id: str | None) -> None:
+        self._action(volume_id, "os-detach", {"attachment_id": attachment_id})
+
+    # attachments
+    def attachment_create(self, volume_id: str, server_uuid: str) -> AttachmentRef:
+        a = self._call("POST", "/attachments", {"attachment": {
+            "volume_uuid": volume_id, "instance_uuid": server_uuid}},
+            not_found=VolumeNotFound(volume_id))["attachment"]
+        return AttachmentRef(a["id"], a["status"], None)
+
+    def attachment_update(self, attachment_id: str, connector: Connector) -> AttachmentRef:
+        a = self._call("PUT", f"/attachments/{attachment_id}",
+                       {"attachment": {"connector": connector.to_dict()}},
+                       not_found=AttachmentNotFound(attachment_id))["attachment"]
+        return AttachmentRef(a["id"], a["status"], ConnectionInfo.from_dict(a["connection_info"]))
+
+    def attachment_complete(self, attachment_id: str) -> None:
+        self._call("POST", f"/attachments/{attachment_id}/action", {"os-complete": None},
+                   not_found=AttachmentNotFound(attachment_id))
+
+    def attachment_delete(self, attachment_id: str) -> None:
+        """Idempotent: an attachment already gone is fine (a retried detach)."""
+        try:
+            self._call("DELETE", f"/attachments/{attachment_id}",
+                       not_found=AttachmentNotFound(attachment_id))
+        except AttachmentNotFound:
+            LOG.info("attachment %s already deleted", attachment_id)
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        (fault,) = resp.json().values()
+        return str(fault["message"])
+    except Exception:
+        return resp.text[:300]

@@ -1,0 +1,157 @@
+"""Tether's configuration: one INI file (oslo.config), sane defaults for the
+embedded mode so that ``tether serve`` runs with no file at all.
+
+Distributed mode differs only in URLs: ``[database] connection`` names a
+PostgreSQL or MariaDB server and ``[DEFAULT] transport_url`` a RabbitMQ broker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+from oslo_config import cfg
+
+DEFAULT_STATE_DIR = "/var/lib/tether"
+DEFAULT_CONFIG_FILE = "/etc/tether/tether.conf"
+
+default_opts = [
+    cfg.StrOpt("state_dir", default=DEFAULT_STATE_DIR,
+               help="Directory holding the SQLite database, volume files and logs."),
+    cfg.StrOpt("host", default=socket.gethostname(),
+               help="Name of this host as the services register it."),
+    cfg.StrOpt("log_file", help="Log file; default <state_dir>/tether.log."),
+    cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
+]
+
+database_opts = [
+    cfg.StrOpt("connection", secret=True,
+               help="SQLAlchemy URL; default sqlite:///<state_dir>/tether.db."),
+]
+
+api_opts = [
+    cfg.StrOpt("bind_host", default="127.0.0.1", help="Address the APIs listen on."),
+    cfg.PortOpt("compute_port", default=8774, help="Compute API (Nova v2.1) port."),
+    cfg.PortOpt("volume_port", default=8776, help="Block Storage API (Cinder v3) port."),
+    cfg.StrOpt("auth_strategy", default="noauth", choices=["noauth"],
+               help="How tokens are checked. noauth: X-Auth-Token is 'user:project'."),
+    cfg.StrOpt("admin_user", default="admin", help="noauth user that is an administrator."),
+    cfg.StrOpt("service_token", secret=True,
+               help="Token identifying Tether's own services (compute to block storage). "
+                    "Default: generated once into <state_dir>/service_token."),
+    cfg.StrOpt("default_project", default="demo",
+               help="Project used for a noauth token without one (e.g. 'notused')."),
+    cfg.IntOpt("threads", default=8, min=1, help="HTTP worker threads per API."),
+    cfg.StrOpt("volume_endpoint",
+               help="Block Storage API URL the compute service calls; default "
+                    "http://<bind_host>:<volume_port>/v3."),
+]
+
+volume_opts = [
+    cfg.StrOpt("backend_name", default="file", help="Name of this storage backend."),
+    cfg.StrOpt("volumes_dir", help="Directory of volume files; default <state_dir>/volumes."),
+    cfg.StrOpt("target_driver", default="tgt", choices=["tgt", "fake"],
+               help="iSCSI target implementation."),
+    cfg.StrOpt("target_ip", default="127.0.0.1", help="Portal address given to initiators."),
+    cfg.PortOpt("target_port", default=3260, help="Portal port."),
+    cfg.IntOpt("tgt_control_port", default=0, min=0,
+               help="tgtd control port (tgtadm -C); 0 is the system tgtd."),
+    cfg.BoolOpt("shared_targets", default=False,
+                help="Report that this backend shares targets between volumes."),
+]
+
+compute_opts = [
+    cfg.StrOpt("virt_driver", default="libvirt", choices=["libvirt", "fake"]),
+    cfg.StrOpt("libvirt_uri", default="qemu:///system"),
+    cfg.StrOpt("virt_type", default="auto", choices=["auto", "kvm", "qemu"],
+               help="auto: KVM where it can run the guest, plain QEMU emulation otherwise."),
+    cfg.StrOpt("disk_bus", default="scsi", choices=["scsi", "virtio"],
+               help="Bus of attached volumes when the request names no device: scsi "
+                    "(virtio-scsi, sdX) or virtio (virtio-blk, vdX)."),
+    cfg.StrOpt("volume_connector", default="iscsi-direct", choices=["iscsi-direct", "iscsi"],
+               help="How this host reaches iSCSI volumes."),
+    cfg.StrOpt("initiator_iqn",
+               help="This host's initiator IQN; default from /etc/iscsi/initiatorname.iscsi "
+                    "or generated once into <state_dir>/initiator_iqn."),
+    cfg.FloatOpt("device_detach_timeout", default=20.0, min=0.1,
+                 help="Seconds to wait for the guest to release a disk, per attempt."),
+    cfg.IntOpt("device_detach_attempts", default=8, min=1,
+               help="Live detach attempts before DeviceDetachFailed."),
+    cfg.IntOpt("service_down_time", default=60, min=1,
+               help="Seconds without a heartbeat after which a compute service is down."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    from tether.messaging.transport import register_messaging_opts
+
+    # oslo.messaging's own [DEFAULT] transport_url: tether-inproc:// (one
+    # process) by default, rabbit://user:pass@host:5672/ when distributed
+    register_messaging_opts(conf)
+    conf.set_default("transport_url", "tether-inproc://")
+    conf.register_opts(default_opts)
+    conf.register_opts(database_opts, group="database")
+    conf.register_opts(api_opts, group="api")
+    conf.register_opts(volume_opts, group="volume")
+    conf.register_opts(compute_opts, group="compute")
+
+
+def load(
+    config_file: str | None = None,
+    state_dir: str | None = None,
+    overrides: dict[str, dict[str, object]] | None = None,
+) -> cfg.ConfigOpts:
+    """Build a private ConfigOpts: file (if any), then ``state_dir``, then overrides.
+
+    ``config_file`` None means the default path if it exists; a missing default
+    file is fine (embedded defaults), a missing explicit file is an error.
+    """
+    conf = cfg.ConfigOpts()
+    register_opts(conf)
+    files: Sequence[str] = ()
+    if config_file:
+        if not os.path.exists(config_file):
+            raise FileNotFoundError(f"configuration file {config_file} does not exist")
+        files = (config_file,)
+    elif os.path.exists(DEFAULT_CONFIG_FILE):
+        files = (DEFAULT_CONFIG_FILE,)
+    conf(args=[], project="tether", default_config_files=list(files),
+         default_config_dirs=[], use_env=False)
+    if state_dir:
+        conf.set_override("state_dir", os.path.abspath(state_dir))
+    for group, values in (overrides or {}).items():
+        for name, value in values.items():
+            conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+    return conf
+
+
+def database_url(conf: cfg.ConfigOpts) -> str:
+    url: str | None = conf.database.connection
+    return url or f"sqlite:///{os.path.join(conf.state_dir, 'tether.db')}"
+
+
+def volumes_dir(conf: cfg.ConfigOpts) -> str:
+    path: str | None = conf.volume.volumes_dir
+    return path or os.path.join(conf.state_dir, "volumes")
+
+
+def volume_endpoint(conf: cfg.ConfigOpts) -> str:
+    url: str | None = conf.api.volume_endpoint
+    if url:
+        return url.rstrip("/")
+    host = conf.api.bind_host
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - reaching a wildcard bind locally
+        host = "127.0.0.1"
+    return f"http://{host}:{conf.api.volume_port}/v3"
+
+
+def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
+    """For oslo-config-generator and `tether config sample`."""
+    return [
+        (None, default_opts),
+        ("database", database_opts),
+        ("api", api_opts),
+        ("volume", volume_opts),
+        ("compute", compute_opts),
+    ]

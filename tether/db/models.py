@@ -1,0 +1,171 @@
+"""Persistence only: the tables, no behaviour.
+
+Rows are soft-deleted (``deleted`` + ``deleted_at``), as OpenStack does, so an
+operation's history (attachments, block device mappings) outlives it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class TimestampMixin:
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Volume(TimestampMixin, Base):
+    __tablename__ = "volumes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    multiattach: Mapped[bool] = mapped_column(Boolean, default=False)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    host: Mapped[str | None] = mapped_column(String(255))
+    service_uuid: Mapped[str | None] = mapped_column(String(36))
+    shared_targets: Mapped[bool] = mapped_column(Boolean, default=False)
+    availability_zone: Mapped[str] = mapped_column(String(255), default="nova")
+    chap_username: Mapped[str | None] = mapped_column(String(255))
+    chap_password: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (Index("ix_volumes_project_deleted", "project_id", "deleted"),)
+
+
+class VolumeAttachment(TimestampMixin, Base):
+    __tablename__ = "volume_attachments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"))
+    instance_uuid: Mapped[str | None] = mapped_column(String(36))
+    attached_host: Mapped[str | None] = mapped_column(String(255))
+    initiator: Mapped[str | None] = mapped_column(String(255))
+    connector: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    mountpoint: Mapped[str | None] = mapped_column(String(255))
+    attach_status: Mapped[str] = mapped_column(String(32))
+    attach_mode: Mapped[str] = mapped_column(String(4), default="rw")
+    attached_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    detached_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_attachments_volume_deleted", "volume_id", "deleted"),)
+
+
+class Service(TimestampMixin, Base):
+    """A running service (compute host, volume backend) and its heartbeat."""
+
+    __tablename__ = "services"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    binary: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    report_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_services_host_binary", "host", "binary", unique=True),)
+
+
+class Instance(TimestampMixin, Base):
+    """A server (a libvirt domain on its host)."""
+
+    __tablename__ = "instances"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str | None] = mapped_column(String(255))
+    flavor_id: Mapped[str] = mapped_column(String(36))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    image_ref: Mapped[str | None] = mapped_column(String(255))
+    vm_state: Mapped[str] = mapped_column(String(32))
+    task_state: Mapped[str | None] = mapped_column(String(32))
+    power_state: Mapped[int] = mapped_column(Integer, default=0)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    locked_by: Mapped[str | None] = mapped_column(String(16))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+
+    __table_args__ = (Index("ix_instances_project_deleted", "project_id", "deleted"),)
+
+
+class BlockDeviceMapping(TimestampMixin, Base):
+    """A volume (or the root disk) as a server's block device."""
+
+    __tablename__ = "block_device_mappings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    instance_uuid: Mapped[str] = mapped_column(ForeignKey("instances.uuid"))
+    volume_id: Mapped[str | None] = mapped_column(String(36))
+    attachment_id: Mapped[str | None] = mapped_column(String(36))
+    device_name: Mapped[str | None] = mapped_column(String(255))
+    disk_bus: Mapped[str | None] = mapped_column(String(16))
+    boot_index: Mapped[int | None] = mapped_column(Integer)
+    source_type: Mapped[str] = mapped_column(String(16))
+    destination_type: Mapped[str] = mapped_column(String(16))
+    connection_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    tag: Mapped[str | None] = mapped_column(String(255))
+    delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_bdm_instance_deleted", "instance_uuid", "deleted"),
+                      Index("ix_bdm_volume_deleted", "volume_id", "deleted"))
+
+
+class InstanceAction(Base):
+    """One user-visible operation on a server (attach_volume, detach_volume ...)."""
+
+    __tablename__ = "instance_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(255))
+    instance_uuid: Mapped[str] = mapped_column(ForeignKey("instances.uuid"))
+    action: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    start_time: Mapped[dt.datetime] = mapped_column(DateTime)
+    finish_time: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    message: Mapped[str | None] = mapped_column(String(255))
+    # what the operation works on (a volume id), for resume/rollback after a crash
+    resource_id: Mapped[str | None] = mapped_column(String(36))
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_actions_instance_request", "instance_uuid", "request_id"),)
+
+
+class InstanceActionEvent(Base):
+    """One step of an action (s1, s1.1, s1.1.1, s2 ...) with its timing and result."""
+
+    __tablename__ = "instance_action_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action_id: Mapped[int] = mapped_column(ForeignKey("instance_actions.id"))
+    event: Mapped[str] = mapped_column(String(255))
+    start_time: Mapped[dt.datetime] = mapped_column(DateTime)
+    finish_time: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    result: Mapped[str | None] = mapped_column(String(255))
+    traceback: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_action_events_action", "action_id"),)

@@ -1,0 +1,108 @@
+"""Durable operations: every attach and detach is an instance action with one
+event per step of the spec (s1, s1.1, s1.1.1, s2, s1.2+s1.3 ...), each
+written when it starts and when it ends, so a hang is visible while it
+happens and a crash leaves a record of where it stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+
+from tether.context import RequestContext
+from tether.db import models
+from tether.db.api import Database
+from tether.states import operation as op_states
+
+LOG = logging.getLogger(__name__)
+
+# step names, in the order the spec gives them
+DETACH_STEPS = ("s1:compute_api", "s1.1:driver_detach", "s1.1.1:guest_device_removal",
+                "s2:host_disconnect", "s1.2+s1.3:attachment_delete")
+ATTACH_STEPS = ("a1:compute_api", "a1.1:attachment_update", "a2:host_connect",
+                "a1.1.1:guest_device_add", "a1.3:attachment_complete")
+
+
+@dataclass(frozen=True)
+class ActionRef:
+    id: int
+    instance_uuid: str
+    request_id: str
+
+
+class StepFailed(Exception):
+    """Raised inside a step to fail it with a message but no traceback."""
+
+
+class Operations:
+    def __init__(self, db: Database, host: str | None) -> None:
+        self.db = db
+        self.host = host
+
+    def start_action(self, ctx: RequestContext, instance_uuid: str, action: str,
+                     resource_id: str | None = None) -> ActionRef:
+        with self.db.session() as s:
+            action_id = s.execute(insert(models.InstanceAction).values(
+                request_id=ctx.request_id, instance_uuid=instance_uuid, action=action,
+                project_id=ctx.project_id, user_id=ctx.user_id, start_time=models.utcnow(),
+                resource_id=resource_id).returning(models.InstanceAction.id)).scalar_one()
+        return ActionRef(int(action_id), instance_uuid, ctx.request_id)
+
+    @contextlib.contextmanager
+    def step(self, action: ActionRef, event: str, host: str | None = None,
+             started: dt.datetime | None = None) -> Iterator[None]:
+        """Record ``event`` around the block: Success, or Error with the
+        traceback; the exception propagates.  ``started``: when the step
+        really began, if before the action was recorded."""
+        with self.db.session() as s:
+            event_id = s.execute(insert(models.InstanceActionEvent).values(
+                action_id=action.id, event=event, start_time=started or models.utcnow(),
+                host=host or self.host, result=None).returning(
+                models.InstanceActionEvent.id)).scalar_one()
+        try:
+            yield
+        except BaseException as exc:
+            tb = (None if isinstance(exc, StepFailed)
+                  else "".join(traceback.format_exception(exc)))
+            self._finish_event(event_id, op_states.MACHINE.check("fail", op_states.RUNNING,
+                                                                 event), tb, str(exc))
+            raise
+        self._finish_event(event_id, op_states.SUCCESS, None, None)
+
+    def record(self, action: ActionRef, event: str, result: str, details: str) -> None:
+        """A step that happened without work of its own (e.g. a skip), with why."""
+        now = models.utcnow()
+        with self.db.session() as s:
+            s.execute(insert(models.InstanceActionEvent).values(
+                action_id=action.id, event=event, start_time=now, finish_time=now,
+                host=self.host, result=result, details=details))
+
+    def _finish_event(self, event_id: int, result: str, tb: str | None,
+                      details: str | None) -> None:
+        with self.db.session() as s:
+            s.execute(update(models.InstanceActionEvent).where(
+                models.InstanceActionEvent.id == event_id).values(
+                finish_time=models.utcnow(), result=result, traceback=tb, details=details))
+
+    def finish_action(self, action: ActionRef, message: str | None = None) -> None:
+        with self.db.session() as s:
+            s.execute(update(models.InstanceAction).where(
+                models.InstanceAction.id == action.id).values(
+                finish_time=models.utcnow(), message=message))
+
+    def unfinished(self, host: str, actions: tuple[str, ...]) -> list[models.InstanceAction]:
+        """Actions on servers of ``host`` that never finished (a crash)."""
+        with self.db.session() as s:
+            rows = list(s.scalars(select(models.InstanceAction).join(
+                models.Instance, models.Instance.uuid == models.InstanceAction.instance_uuid
+            ).where(models.Instance.host == host,
+                    models.InstanceAction.finish_time.is_(None),
+                    models.InstanceAction.action.in_(actions))).all())
+            for r in rows:
+                s.expunge(r)
+            return rows

@@ -1,0 +1,346 @@
+"""Process composition: which services run where.
+
+``tether serve`` = API + volume service (+ compute, later) in one process over
+``tether-inproc://`` and SQLite; ``tether api`` / ``tether volume`` run the
+same objects in separate processes over RabbitMQ and PostgreSQL/MariaDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from oslo_config import cfg
+from sqlalchemy import func, select
+from waitress.server import create_server
+
+from tether import config
+from tether.api import block_storage, compute
+from tether.api.auth import NoAuth
+from tether.api.wsgi import WsgiApp
+from tether.compute.api import COMPUTE_BINARY, ComputeAPI
+from tether.compute.detach import DetachPolicy
+from tether.compute.manager import ComputeEndpoint, ComputeManager
+from tether.compute.rpcapi import ComputeRpcApi
+from tether.compute.volume_client import VolumeClient
+from tether.connectors.base import VolumeConnector
+from tether.connectors.initiator import host_initiator_iqn
+from tether.connectors.iscsi_direct import IscsiDirectConnector
+from tether.db import migrate, models
+from tether.db.api import Database
+from tether.exceptions import ServiceUnavailable
+from tether.executor import ProcessRunner
+from tether.rpc import COMPUTE_TOPIC, VOLUME_TOPIC, Rpc
+from tether.virt.driver import VirtDriver
+from tether.volume.api import VolumeAPI
+from tether.volume.backends.file import FileBackend
+from tether.volume.manager import VolumeManager
+from tether.volume.rpcapi import VolumeEndpoint, VolumeRpcApi
+from tether.volume.targets.base import TargetDriver
+
+LOG = logging.getLogger(__name__)
+VOLUME_BINARY = "tether-volume"
+REPORT_INTERVAL = 10.0
+
+
+def service_token(conf: cfg.ConfigOpts) -> str:
+    """The configured service token, or one generated once into the state dir."""
+    token: str | None = conf.api.service_token
+    if token:
+        return token
+    path = os.path.join(conf.state_dir, "service_token")
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+    return token
+
+
+def open_database(conf: cfg.ConfigOpts, upgrade: bool) -> Database:
+    os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
+    db = Database(config.database_url(conf))
+    if upgrade:
+        migrate.upgrade(db)
+    elif migrate.current(db) != migrate.head():
+        raise RuntimeError(f"database {db.engine.url!r} is not at the current schema: run "
+                           "`tether db upgrade`")
+    return db
+
+
+class Heartbeat:
+    """Registers a service row and keeps its ``last_seen_at`` fresh."""
+
+    def __init__(self, db: Database, host: str, binary: str, topic: str,
+                 interval: float = REPORT_INTERVAL) -> None:
+        self.db, self.host, self.binary, self.topic = db, host, binary, topic
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.uuid = self._register()
+
+    def _register(self) -> str:
+        with self.db.session() as s:
+            row = s.scalars(select(models.Service).where(
+                models.Service.host == self.host, models.Service.binary == self.binary)).first()
+            if row is None:
+                row = models.Service(uuid=str(uuid.uuid4()), host=self.host,
+                                     binary=self.binary, topic=self.topic, disabled=False,
+                                     report_count=0, deleted=False,
+                                     created_at=models.utcnow())
+                s.add(row)
+            row.last_seen_at = models.utcnow()
+            return row.uuid
+
+    def beat(self) -> None:
+        with self.db.session() as s:
+            row = s.scalars(select(models.Service).where(
+                models.Service.uuid == self.uuid)).one()
+            row.last_seen_at = models.utcnow()
+            row.report_count += 1
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.beat()
+                except Exception:
+                    LOG.exception("heartbeat of %s on %s failed", self.binary, self.host)
+
+        self._thread = threading.Thread(target=loop, name=f"heartbeat-{self.binary}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def live_services(db: Database, binary: str, down_after: float) -> list[models.Service]:
+    cutoff = models.utcnow() - dt.timedelta(seconds=down_after)
+    with db.session() as s:
+        rows = list(s.scalars(select(models.Service).where(
+            models.Service.binary == binary, models.Service.disabled.is_(False),
+            models.Service.last_seen_at >= cutoff)).all())
+        for r in rows:
+            s.expunge(r)
+        return rows
+
+
+def volume_host_picker(db: Database, down_after: float) -> Any:
+    """The scheduler, for now: the live volume service with the fewest volumes."""
+
+    def pick() -> tuple[str, str]:
+        services = live_services(db, VOLUME_BINARY, down_after)
+        if not services:
+            raise ServiceUnavailable("No volume service is up to create the volume on; start "
+                                     "`tether volume` (or `tether serve`).")
+        with db.session() as s:
+            counts = dict(s.execute(select(models.Volume.host, func.count()).where(
+                models.Volume.deleted.is_(False)).group_by(models.Volume.host)).all())
+        best = min(services, key=lambda sv: (counts.get(sv.host, 0), sv.host))
+        return best.host, best.uuid
+
+    return pick
+
+
+def make_target(conf: cfg.ConfigOpts) -> TargetDriver:
+    if conf.volume.target_driver == "fake":
+        from tether.volume.targets.fake import FakeTarget
+
+        return FakeTarget(portal_ip=conf.volume.target_ip, portal_port=conf.volume.target_port)
+    from tether.volume.targets.tgt import TgtTarget
+
+    return TgtTarget(ProcessRunner(), portal_ip=conf.volume.target_ip,
+                     portal_port=conf.volume.target_port,
+                     control_port=conf.volume.tgt_control_port)
+
+
+class VolumeService:
+    """The storage host: volume manager behind the ``tether-volume`` topic."""
+
+    def __init__(self, conf: cfg.ConfigOpts, db: Database, rpc: Rpc,
+                 target: TargetDriver | None = None) -> None:
+        self.conf = conf
+        self.host = f"{conf.host}@{conf.volume.backend_name}"
+        self.target = target if target is not None else make_target(conf)
+        self.manager = VolumeManager(db, FileBackend(config.volumes_dir(conf)), self.target,
+                                     self.host)
+        self.rpc = rpc
+        self.heartbeat = Heartbeat(db, self.host, VOLUME_BINARY, VOLUME_TOPIC)
+
+    def start(self) -> None:
+        self.manager.reconcile()
+        self.rpc.serve(VOLUME_TOPIC, self.host, [VolumeEndpoint(self.manager)])
+        self.heartbeat.start()
+        LOG.info("volume service %s up (service uuid %s)", self.host, self.heartbeat.uuid)
+
+    def stop(self) -> None:
+        self.heartbeat.stop()
+
+
+@dataclass(frozen=True)
+class Drivers:
+    """Drivers to use instead of the configured ones (tests, demos)."""
+
+    target: TargetDriver | None = None
+    virt: VirtDriver | None = None
+    connector: VolumeConnector | None = None
+    # compute reaches the Block Storage API through HTTP to its endpoint, or
+    # (tests) through the same WSGI app called in process
+    volume_in_process: bool = False
+
+
+@dataclass
+class HttpServer:
+    name: str
+    server: Any
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        port: int = self.server.effective_port
+        return port
+
+
+def serve_http(name: str, app: WsgiApp, host: str, port: int, threads: int) -> HttpServer:
+    server = create_server(app, host=host, port=port, threads=threads, ident="tether",
+                           clear_untrusted_proxy_headers=True)
+    thread = threading.Thread(target=server.run, name=f"http-{name}", daemon=True)
+    thread.start()
+    LOG.info("%s API listening on http://%s:%d", name, host, server.effective_port)
+    return HttpServer(name, server, thread)
+
+
+def make_virt(conf: cfg.ConfigOpts) -> VirtDriver:
+    if conf.compute.virt_driver == "fake":
+        from tether.virt.fake import FakeDriver
+
+        return FakeDriver()
+    from tether.virt.libvirt.driver import LibvirtDriver
+
+    return LibvirtDriver(uri=conf.compute.libvirt_uri, virt_type=conf.compute.virt_type)
+
+
+def make_connector(conf: cfg.ConfigOpts, virt: VirtDriver) -> VolumeConnector:
+    iqn = host_initiator_iqn(conf.compute.initiator_iqn, conf.state_dir, conf.host)
+    return IscsiDirectConnector(virt, iqn, conf.host, conf.volume.target_ip)
+
+
+class ComputeService:
+    """The hypervisor host: compute manager behind the ``tether-compute`` topic."""
+
+    def __init__(self, conf: cfg.ConfigOpts, db: Database, rpc: Rpc,
+                 drivers: Drivers = Drivers(),
+                 volume_transport: httpx.BaseTransport | None = None) -> None:
+        self.conf = conf
+        self.virt = drivers.virt if drivers.virt is not None else make_virt(conf)
+        self.connector = (drivers.connector if drivers.connector is not None
+                          else make_connector(conf, self.virt))
+        self.volumes = VolumeClient(config.volume_endpoint(conf), service_token(conf),
+                                    transport=volume_transport)
+        policy = DetachPolicy(conf.compute.device_detach_timeout,
+                              conf.compute.device_detach_attempts)
+        self.manager = ComputeManager(db, self.virt, self.connector, self.volumes, conf.host,
+                                      policy)
+        self.rpc = rpc
+        self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
+
+    def start(self) -> None:
+        self.rpc.serve(COMPUTE_TOPIC, self.conf.host, [ComputeEndpoint(self.manager)])
+        self.heartbeat.start()
+        resumed = self.manager.resume_unfinished()
+        LOG.info("compute service %s up (%d interrupted operation(s) handled)",
+                 self.conf.host, resumed)
+
+    def stop(self) -> None:
+        self.heartbeat.stop()
+        self.volumes.close()
+
+
+class ApiService:
+    def __init__(self, conf: cfg.ConfigOpts, db: Database, rpc: Rpc,
+                 volume_in_process: bool = False) -> None:
+        self.conf = conf
+        down = conf.compute.service_down_time
+        auth = NoAuth(conf.api.admin_user, service_token(conf), conf.api.default_project)
+        self.volume_api = VolumeAPI(
+            db, VolumeRpcApi(rpc), volume_host_picker(db, down),
+            in_use=_bdm_in_use(db), shared_targets=conf.volume.shared_targets)
+        self.volume_app = block_storage.create_app(self.volume_api, auth)
+        self.volume_transport = (httpx.WSGITransport(app=self.volume_app)
+                                 if volume_in_process else None)
+        self.volume_client = VolumeClient(config.volume_endpoint(conf), service_token(conf),
+                                          transport=self.volume_transport)
+        self.compute_api = ComputeAPI(
+            db, ComputeRpcApi(rpc), self.volume_client,
+            lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],
+            default_bus=conf.compute.disk_bus)
+        self.compute_app = compute.create_app(self.compute_api, auth)
+        self.servers: list[HttpServer] = []
+
+    def start(self) -> None:
+        api = self.conf.api
+        self.servers.append(serve_http("block-storage", self.volume_app, api.bind_host,
+                                       api.volume_port, api.threads))
+        self.servers.append(serve_http("compute", self.compute_app, api.bind_host,
+                                       api.compute_port, api.threads))
+
+    def stop(self) -> None:
+        for srv in self.servers:
+            srv.server.close()
+        for srv in self.servers:
+            srv.thread.join(timeout=5)
+        self.servers.clear()
+        self.volume_client.close()
+
+
+def _bdm_in_use(db: Database) -> Any:
+    """CVE-2023-2088: block storage asks compute whether a server still has the
+    volume before a non-service caller may delete its attachment."""
+
+    def in_use(instance_uuid: str, volume_id: str) -> bool:
+        with db.session() as s:
+            return s.scalars(select(models.BlockDeviceMapping.id).where(
+                models.BlockDeviceMapping.instance_uuid == instance_uuid,
+                models.BlockDeviceMapping.volume_id == volume_id,
+                models.BlockDeviceMapping.deleted.is_(False))).first() is not None
+
+    return in_use
+
+
+class Embedded:
+    """``tether serve``: everything in one process."""
+
+    def __init__(self, conf: cfg.ConfigOpts, drivers: Drivers = Drivers()) -> None:
+        self.conf = conf
+        self.db = open_database(conf, upgrade=True)
+        self.rpc = Rpc(conf)
+        self.volume = VolumeService(conf, self.db, self.rpc, drivers.target)
+        self.api = ApiService(conf, self.db, self.rpc, drivers.volume_in_process)
+        self.compute = ComputeService(conf, self.db, self.rpc, drivers,
+                                      self.api.volume_transport)
+
+    def start(self) -> None:
+        self.volume.start()
+        self.api.start()
+        self.compute.start()
+
+    def stop(self) -> None:
+        self.compute.stop()
+        self.api.stop()
+        self.volume.stop()
+        self.rpc.stop()
+        self.db.dispose()

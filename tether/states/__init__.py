@@ -1,0 +1,1 @@
+"""One explicit state machine per resource, each a transition table."""

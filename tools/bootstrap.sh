@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything Tether needs on a fresh Debian 12 machine, as root:
+# Debian packages (libvirt + QEMU, tgt, libiscsi tools), the venv in .venv
+# and the package itself (editable, with the dev tools).  Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(tgt libiscsi-bin libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86
+          qemu-utils libvirt-dev pkg-config gcc python3-venv)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+"$PY" - <<'PYCHECK'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"bootstrap: Python >= 3.11 needed, found {sys.version.split()[0]}")
+PYCHECK
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.tether-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+echo "bootstrap: ready ($(.venv/bin/python --version), $(.venv/bin/tether --help >/dev/null && echo tether ok))"
