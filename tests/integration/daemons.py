@@ -1,0 +1,85 @@
+"""Private daemons for integration tests: each test session runs its own
+tgtd on free ports (its own control socket), so parallel runs and the host's
+own tgtd never see each other's targets."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _control_port_free(port: int) -> bool:
+    import os
+    return not os.path.exists(f"/var/run/tgtd/socket.{port}")
+
+
+def wait_until(check: object, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout}s")
+        time.sleep(0.02)
+
+
+@dataclass
+class Tgtd:
+    """A tgtd of our own: ``portal_port`` for initiators, ``control_port`` for tgtadm."""
+
+    portal_port: int = field(default_factory=free_port)
+    control_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.control_port:
+            port = 20000 + self.portal_port % 40000
+            while not _control_port_free(port):
+                port += 1
+            self.control_port = port
+
+    def _answers(self) -> bool:
+        return subprocess.run(["tgtadm", "-C", str(self.control_port), "--lld", "iscsi",
+                               "--op", "show", "--mode", "sys"], capture_output=True,
+                              check=False).returncode == 0
+
+    def start(self) -> Tgtd:
+        self.proc = subprocess.Popen(
+            ["tgtd", "-f", "-C", str(self.control_port), "--iscsi",
+             f"portal=127.0.0.1:{self.portal_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, f"tgtd on control port {self.control_port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+        wait_until(lambda: not self._answers(), "tgtd shutdown")
+
+    def restart(self) -> None:
+        """What an operator's `systemctl restart tgt` does: every target is lost."""
+        self.stop()
+        self.start()
+
+    def show(self) -> str:
+        return subprocess.run(["tgtadm", "-C", str(self.control_port), "--lld", "iscsi",
+                               "--op", "show", "--mode", "target"], capture_output=True,
+                              text=True, check=True).stdout
+
+
+def iscsi_inq(initiator: str, portal: str, iqn: str, user: str | None = None,
+              password: str | None = None, lun: int = 1) -> tuple[bool, str]:
+    """An INQUIRY through libiscsi as ``initiator``: (admitted, what it said)."""
+    auth = f"{user}%{password}@" if user else ""
+    proc = subprocess.run(["iscsi-inq", "-i", initiator, f"iscsi://{auth}{portal}/{iqn}/{lun}"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
