@@ -12,9 +12,8 @@ from tether.volume.targets.fake import FakeTarget
 
 @pytest.fixture(scope="module")
 def tether(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tether]:
-    """One embedded Tether (fake drivers) per test module: stopping one costs
-    about a second (oslo.messaging's worker pool), so tests share it and keep
-    to their own volumes and servers."""
+    """One embedded Tether (fake drivers) per test module; tests keep to their
+    own volumes and servers."""
     t = Tether(str(tmp_path_factory.mktemp("tether")), FakeTarget(), FakeDriver(),
                FakeConnector())
     try:

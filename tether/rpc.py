@@ -11,7 +11,6 @@ mode it is RabbitMQ.  Nothing else differs.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,16 +65,11 @@ class Rpc:
         self._servers.append(srv)
 
     def stop(self) -> None:
-        """Stop consuming, then wait for in-flight messages.  Each server's
-        wait takes up to a second (its worker pool polls for work once a
-        second), so all servers are waited for at once."""
+        """Stop consuming, then wait for the messages in hand."""
         for srv in self._servers:
             srv.stop()
-        waiters = [threading.Thread(target=srv.wait) for srv in self._servers]
-        for w in waiters:
-            w.start()
-        for w in waiters:
-            w.join()
+        for srv in self._servers:
+            srv.wait()
         self._servers.clear()
         self.transport.cleanup()
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(tgt libiscsi-bin libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86
-          qemu-utils libvirt-dev pkg-config gcc python3-venv)
+          qemu-block-extra qemu-utils libvirt-dev pkg-config gcc python3-venv rabbitmq-server)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -17,6 +17,12 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# /dev/kvm: what udev does on a normal install (QEMU runs as libvirt-qemu, in group kvm);
+# containers often leave it root-only.  Tether falls back to plain emulation without it.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || true
 fi
 
 PY=${PYTHON:-python3}

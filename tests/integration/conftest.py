@@ -23,3 +23,13 @@ def tgtd() -> Iterator[Tgtd]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> None:
+    """virtlogd + libvirtd answering on qemu:///system (started if needed)."""
+    from tether import daemons
+
+    if shutil.which("libvirtd") is None:
+        pytest.fail("libvirtd is needed: run tools/bootstrap.sh")
+    daemons.ensure_libvirtd()

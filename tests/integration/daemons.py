@@ -39,8 +39,8 @@ class Tgtd:
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
-        if not self.control_port:
-            port = 20000 + self.portal_port % 40000
+        if not self.control_port:  # tgtadm -C takes 1..32767
+            port = 10000 + self.portal_port % 20000
             while not _control_port_free(port):
                 port += 1
             self.control_port = port

@@ -1,0 +1,302 @@
+"""The libvirt driver (libvirt-python, ``qemu:///system`` by default).
+
+Detach (the spec's s1.1.1) is the heart of it:
+
+1. find the volume's disk by its user alias ``ua-<volume_id>`` in the live
+   and persistent definitions (neither → DiskNotFound);
+2. remove it from the persistent definition (once, no retry);
+3. when the guest is live: ask for the unplug and wait for libvirt's
+   DEVICE_REMOVED event (DEVICE_REMOVAL_FAILED → fail at once), up to
+   ``timeout`` seconds, then check the live XML — the call's own return value
+   is never trusted (libvirt even reports success for a virtio-blk disk that
+   a guest without an OS never releases); retry up to ``attempts`` times;
+4. if the guest never lets go, the disk goes back into the persistent
+   definition so both agree the disk is still there → DeviceDetachFailed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+
+from tether.virt.driver import (
+    AttachedDisk,
+    DeviceDetachFailed,
+    DiskNotFound,
+    DiskSpec,
+    InstanceNotFound,
+    PowerState,
+    ServerSpec,
+    VirtError,
+    disk_alias,
+)
+from tether.virt.libvirt import xml
+from tether.virt.libvirt.events import DeviceEvents, Outcome, ensure_event_loop
+
+LOG = logging.getLogger(__name__)
+
+LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTOFF,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+}
+
+
+def _code(exc: libvirt.libvirtError) -> int:
+    code: int = exc.get_error_code()
+    return code
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+class LibvirtDriver:
+    def __init__(self, uri: str = "qemu:///system", virt_type: str = "auto",
+                 domain_prefix: str = "tether-",
+                 connect: Callable[[str], Any] | None = None) -> None:
+        self.uri = uri
+        self.virt_type = virt_type
+        self.domain_prefix = domain_prefix
+        self._connect = connect or libvirt.open
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+        self.events = DeviceEvents()
+
+    # -- connection --------------------------------------------------------------
+
+    def conn(self) -> Any:
+        with self._conn_lock:
+            if self._conn is None or not self._alive(self._conn):
+                if self._connect is libvirt.open:
+                    ensure_event_loop()
+                conn = self._connect(self.uri)
+                self.events.register(conn)
+                self._conn = conn
+            return self._conn
+
+    @staticmethod
+    def _alive(conn: Any) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def _domain(self, server_uuid: str) -> Any:
+        try:
+            return self.conn().lookupByUUIDString(server_uuid)
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                raise InstanceNotFound(server_uuid) from None
+            raise VirtError(f"libvirt lookup of {server_uuid} failed: {exc}") from exc
+
+    def domain_type(self, spec: ServerSpec) -> str:
+        """KVM where it can run the guest; on these hosts /dev/kvm runs guests
+        without an OS but cannot boot a Linux kernel, so a kernel means TCG."""
+        if self.virt_type != "auto":
+            return self.virt_type
+        return "kvm" if kvm_usable() and not spec.kernel else "qemu"
+
+    # -- servers -----------------------------------------------------------------
+
+    def spawn(self, spec: ServerSpec) -> None:
+        kind = self.domain_type(spec)
+        try:
+            dom = self._domain(spec.uuid)
+        except InstanceNotFound:
+            dom = self.conn().defineXML(xml.domain_xml(spec, kind))
+        if dom.isActive():
+            return
+        try:
+            dom.create()
+        except libvirt.libvirtError as exc:
+            if not (self.virt_type == "auto" and kind == "kvm" and "kvm" in str(exc).lower()):
+                raise VirtError(f"starting guest {spec.name} failed: {exc}") from exc
+            # QEMU (as its own user) could not use /dev/kvm: plain emulation works
+            LOG.warning("KVM unusable for %s (%s); using QEMU emulation", spec.name, exc)
+            kind = "qemu"
+            dom = self.conn().defineXML(xml.domain_xml(spec, kind))
+            dom.create()
+        LOG.info("guest %s running (%s)", spec.name, kind)
+
+    def destroy(self, server_uuid: str) -> None:
+        try:
+            dom = self._domain(server_uuid)
+        except InstanceNotFound:
+            return
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError as exc:
+            if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                raise VirtError(f"destroying {server_uuid} failed: {exc}") from exc
+
+    def power_on(self, server_uuid: str) -> None:
+        dom = self._domain(server_uuid)
+        if not dom.isActive():
+            dom.create()
+
+    def power_off(self, server_uuid: str) -> None:
+        dom = self._domain(server_uuid)
+        if dom.isActive():
+            dom.destroy()
+
+    def power_state(self, server_uuid: str) -> PowerState:
+        state, _reason = self._domain(server_uuid).state()
+        return _STATES.get(state, PowerState.NOSTATE)
+
+    # -- disks -------------------------------------------------------------------
+
+    def attach_disk(self, server_uuid: str, disk: DiskSpec) -> None:
+        """Persistent first, then live; a failed live attach undoes the persistent one."""
+        dom = self._domain(server_uuid)
+        device = xml.disk_xml(disk)
+        try:
+            dom.attachDeviceFlags(device, CONFIG)
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"attaching volume {disk.volume_id} to the definition of "
+                            f"{server_uuid} failed: {exc}") from exc
+        if not dom.isActive():
+            return
+        try:
+            dom.attachDeviceFlags(device, LIVE)
+        except libvirt.libvirtError as exc:
+            try:
+                dom.detachDeviceFlags(device, CONFIG)
+            except libvirt.libvirtError:
+                LOG.exception("could not undo the persistent attach of %s", disk.volume_id)
+            raise VirtError(f"attaching volume {disk.volume_id} to running guest "
+                            f"{server_uuid} failed: {exc}") from exc
+
+    def detach_disk(self, server_uuid: str, volume_id: str, *, timeout: float,
+                    attempts: int) -> None:
+        dom = self._domain(server_uuid)
+        alias = disk_alias(volume_id)
+        live = dom.isActive()
+        persistent_xml = xml.find_disk_xml(self._xml(dom, inactive=True), alias)
+        live_xml = xml.find_disk_xml(self._xml(dom), alias) if live else None
+        if persistent_xml is None and live_xml is None:
+            raise DiskNotFound(server_uuid, volume_id)
+        if persistent_xml is not None:
+            self._detach_persistent(dom, persistent_xml, server_uuid, volume_id)
+        if live_xml is None:
+            return
+        try:
+            self._detach_live(dom, server_uuid, volume_id, alias, timeout, attempts)
+        except DeviceDetachFailed:
+            if persistent_xml is not None:  # keep the definition telling the truth
+                try:
+                    dom.attachDeviceFlags(persistent_xml, CONFIG)
+                except libvirt.libvirtError:
+                    LOG.exception("could not restore %s in the definition of %s", alias,
+                                  server_uuid)
+            raise
+
+    def _detach_persistent(self, dom: Any, device: str, server_uuid: str,
+                           volume_id: str) -> None:
+        try:
+            dom.detachDeviceFlags(device, CONFIG)
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                raise InstanceNotFound(server_uuid) from None
+            if _code(exc) != libvirt.VIR_ERR_DEVICE_MISSING:
+                raise VirtError(f"detaching volume {volume_id} from the definition of "
+                                f"{server_uuid} failed: {exc}") from exc
+
+    def _detach_live(self, dom: Any, server_uuid: str, volume_id: str, alias: str,
+                     timeout: float, attempts: int) -> None:
+        for attempt in range(1, attempts + 1):
+            started = time.monotonic()
+            waiter = self.events.expect(server_uuid, alias)
+            try:
+                dom.detachDeviceAlias(alias, LIVE)
+            except libvirt.libvirtError as exc:
+                self.events.forget(server_uuid, alias, waiter)
+                code = _code(exc)
+                if code == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise InstanceNotFound(server_uuid) from None
+                if code == libvirt.VIR_ERR_DEVICE_MISSING:
+                    return  # already gone
+                if code == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+                    return  # the guest stopped: nothing live to unplug
+                if "already in the process of unplug" not in str(exc):
+                    raise VirtError(f"live detach of volume {volume_id} from {server_uuid} "
+                                    f"failed: {exc}") from exc
+                waiter = self.events.expect(server_uuid, alias)
+            outcome = self.events.wait(waiter, timeout)
+            self.events.forget(server_uuid, alias, waiter)
+            took = time.monotonic() - started
+            if outcome is Outcome.FAILED:
+                raise DeviceDetachFailed(server_uuid, volume_id,
+                                         "the guest reported the device removal failed")
+            if outcome is Outcome.REMOVED or not self._live_has(dom, alias):
+                LOG.info("volume %s unplugged from %s on attempt %d in %.3fs", volume_id,
+                         server_uuid, attempt, took)
+                return
+            LOG.warning("volume %s still in guest %s after attempt %d/%d (%.1fs)",
+                        volume_id, server_uuid, attempt, attempts, took)
+        raise DeviceDetachFailed(server_uuid, volume_id,
+                                 f"the guest did not release the disk after {attempts} "
+                                 f"attempt(s) of {timeout:g}s")
+
+    def _live_has(self, dom: Any, alias: str) -> bool:
+        try:
+            return xml.find_disk_xml(self._xml(dom), alias) is not None
+        except libvirt.libvirtError:
+            return False
+
+    @staticmethod
+    def _xml(dom: Any, inactive: bool = False) -> str:
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        text: str = dom.XMLDesc(flags)
+        return text
+
+    def list_disks(self, server_uuid: str, *, live: bool = True) -> list[AttachedDisk]:
+        dom = self._domain(server_uuid)
+        return xml.parse_disks(self._xml(dom, inactive=not live))
+
+    # -- CHAP secrets ------------------------------------------------------------
+
+    def _secret(self, volume_id: str) -> Any:
+        try:
+            return self.conn().secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI,
+                                                   xml.secret_usage(volume_id))
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_SECRET:
+                return None
+            raise VirtError(f"libvirt secret lookup for volume {volume_id} failed") from exc
+
+    def define_chap_secret(self, volume_id: str, username: str, password: str) -> str:
+        secret = self._secret(volume_id)
+        if secret is None:
+            secret = self.conn().secretDefineXML(xml.secret_xml(volume_id))
+        secret.setValue(password.encode())
+        uuid: str = secret.UUIDString()
+        return uuid
+
+    def undefine_chap_secret(self, volume_id: str) -> None:
+        secret = self._secret(volume_id)
+        if secret is not None:
+            try:
+                secret.undefine()
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_SECRET:
+                    raise VirtError(f"removing the secret of volume {volume_id} failed"
+                                    ) from exc
+
+    def has_chap_secret(self, volume_id: str) -> bool:
+        return self._secret(volume_id) is not None
