@@ -88,8 +88,7 @@ class Tether:
             base.setdefault(group, {}).update(values)
         self.conf = config.load(state_dir=state_dir, overrides=base)
         self.embedded = Embedded(self.conf, Drivers(target=target, virt=virt,
-                                                    connector=connector,
-                                                    volume_in_process=True))
+                                                    connector=connector))
         self.embedded.volume.start()
         self.embedded.compute.start()
         self.target = target

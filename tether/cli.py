@@ -14,8 +14,14 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
+
+# oslo.messaging imports oslo.service, which imports eventlet: its deprecation
+# notice is about that library, not anything an operator can act on
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(oslo_|eventlet|futurist)")
 
 from tether import config
 

@@ -198,9 +198,6 @@ class Drivers:
     target: TargetDriver | None = None
     virt: VirtDriver | None = None
     connector: VolumeConnector | None = None
-    # compute reaches the Block Storage API through HTTP to its endpoint, or
-    # (tests) through the same WSGI app called in process
-    volume_in_process: bool = False
 
 
 @dataclass
@@ -322,14 +319,16 @@ def _bdm_in_use(db: Database) -> Any:
 
 
 class Embedded:
-    """``tether serve``: everything in one process."""
+    """``tether serve``: everything in one process.  Compute still reaches block
+    storage only through the Block Storage REST API, but calls its WSGI app in
+    process instead of over a socket to itself."""
 
     def __init__(self, conf: cfg.ConfigOpts, drivers: Drivers = Drivers()) -> None:
         self.conf = conf
         self.db = open_database(conf, upgrade=True)
         self.rpc = Rpc(conf)
         self.volume = VolumeService(conf, self.db, self.rpc, drivers.target)
-        self.api = ApiService(conf, self.db, self.rpc, drivers.volume_in_process)
+        self.api = ApiService(conf, self.db, self.rpc, volume_in_process=True)
         self.compute = ComputeService(conf, self.db, self.rpc, drivers,
                                       self.api.volume_transport)
 
