@@ -46,6 +46,12 @@ class Api:
             kwargs["json"] = body
         return self.client.simulate_request(method, path, **kwargs)
 
+    def as_version(self, version: str) -> Api:
+        other = Api.__new__(Api)
+        other.client, other.token, other.service = self.client, self.token, self.service
+        other.version = version
+        return other
+
     def get(self, path: str, **kw: Any) -> falcon.testing.Result:
         return self.request("GET", path, **kw)
 

@@ -23,7 +23,7 @@ from typing import Any
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(oslo_|eventlet|futurist)")
 
-from tether import config
+from tether import config  # noqa: E402 - after the warning filters above
 
 LOG = logging.getLogger("tether")
 
