@@ -4,10 +4,11 @@
 Both run in one process, interleaved cycle by cycle so the machine's noise
 hits them alike:
 
-* direct: what the job physically needs: tgtadm export (target, LUN, CHAP
-  account, initiator bind), libvirt secret, persistent + live attach of the
-  iSCSI network disk; then persistent + live detach waited on libvirt's
-  device-removed event, secret removal, tgtadm unexport;
+* direct: what the job physically needs, as bare calls: five tgtadm commands
+  to export (target, LUN, CHAP account, account bind, initiator bind), the
+  libvirt secret, persistent + live attach of the iSCSI network disk; then
+  persistent + live detach waited on libvirt's device-removed event, secret
+  removal, two tgtadm commands to unexport (target, account);
 * tether: POST os-volume_attachments → volume ``in-use``; DELETE
   os-volume_attachments → volume ``available``, both polled through the
   Block Storage API as a client would (every 2 ms).
@@ -37,12 +38,9 @@ import httpx
 
 from tether import daemons
 from tether.connectors.initiator import host_initiator_iqn
-from tether.executor import ProcessRunner
 from tether.virt import driver as virt
 from tether.virt.libvirt.driver import LibvirtDriver
 from tether.volume.manager import new_chap
-from tether.volume.targets.base import ExportSpec
-from tether.volume.targets.tgt import TgtTarget
 
 COMPUTE_PORT, VOLUME_PORT = 18774, 18776
 POLL = 0.002
@@ -60,30 +58,43 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-class Direct:
-    """The physical floor: the same tgtadm and libvirt work, no control plane."""
+DIRECT_TID = "4000"  # far above the tids Tether allocates on the same tgtd
 
-    def __init__(self, target: TgtTarget, driver: LibvirtDriver, server: str, path: str,
-                 initiator: str) -> None:
-        self.target, self.driver = target, driver
-        self.server, self.path, self.initiator = server, path, initiator
+
+def tgtadm(*args: str) -> None:
+    subprocess.run(["tgtadm", "--lld", "iscsi", *args], check=True, capture_output=True)
+
+
+class Direct:
+    """The physical floor: bare tgtadm and libvirt calls, no control plane."""
+
+    def __init__(self, driver: LibvirtDriver, server: str, path: str, initiator: str) -> None:
+        self.driver, self.server, self.path, self.initiator = driver, server, path, initiator
 
     def cycle(self) -> tuple[float, float]:
         vid = str(uuid.uuid4())
         chap = new_chap()
+        iqn = f"iqn.2010-10.org.tether:bench-{vid}"
         t0 = time.perf_counter()
-        loc = self.target.export(ExportSpec(vid, self.path, chap, frozenset({self.initiator})))
+        tgtadm("--op", "new", "--mode", "target", "--tid", DIRECT_TID, "--targetname", iqn)
+        tgtadm("--op", "new", "--mode", "logicalunit", "--tid", DIRECT_TID, "--lun", "1",
+               "--backing-store", self.path, "--bstype", "rdwr")
+        tgtadm("--op", "new", "--mode", "account", "--user", chap.username, "--password",
+               chap.password)
+        tgtadm("--op", "bind", "--mode", "account", "--tid", DIRECT_TID, "--user",
+               chap.username)
+        tgtadm("--op", "bind", "--mode", "target", "--tid", DIRECT_TID, "--initiator-name",
+               self.initiator)
         secret = self.driver.define_chap_secret(vid, chap.username, chap.password)
-        host, _, port = loc.target_portal.rpartition(":")
         self.driver.attach_disk(self.server, virt.DiskSpec(
             vid, "sdb", "scsi", virt.NetworkDiskSource(
-                loc.target_iqn, loc.target_lun, host, int(port), self.initiator,
-                chap.username, secret)))
+                iqn, 1, "127.0.0.1", 3260, self.initiator, chap.username, secret)))
         attach = time.perf_counter() - t0
         t1 = time.perf_counter()
         self.driver.detach_disk(self.server, vid, timeout=20, attempts=3)
         self.driver.undefine_chap_secret(vid)
-        self.target.unexport(vid)
+        tgtadm("--op", "delete", "--force", "--mode", "target", "--tid", DIRECT_TID)
+        tgtadm("--op", "delete", "--mode", "account", "--user", chap.username)
         return attach, time.perf_counter() - t1
 
 
@@ -164,8 +175,7 @@ def main() -> int:
     backing = os.path.join(state, "direct-volume")
     with open(backing, "wb") as f:
         f.truncate(1 << 30)
-    direct = Direct(TgtTarget(ProcessRunner(), "127.0.0.1"), driver, direct_server, backing,
-                    host_initiator_iqn(None, state, "bench"))
+    direct = Direct(driver, direct_server, backing, host_initiator_iqn(None, state, "bench"))
     results: dict[str, list[float]] = {k: [] for k in (
         "direct_attach", "direct_detach", "tether_attach", "tether_detach")}
     cpu: list[tuple[float, int]] = []

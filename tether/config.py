@@ -57,6 +57,9 @@ volume_opts = [
     cfg.PortOpt("target_port", default=3260, help="Portal port."),
     cfg.IntOpt("tgt_control_port", default=0, min=0,
                help="tgtd control port (tgtadm -C); 0 is the system tgtd."),
+    cfg.FloatOpt("reconcile_interval", default=60.0, min=0,
+                 help="Seconds between checks that the target still holds every export "
+                      "(re-created after a tgtd restart); 0 turns the check off."),
     cfg.BoolOpt("shared_targets", default=False,
                 help="Report that this backend shares targets between volumes."),
 ]

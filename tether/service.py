@@ -13,6 +13,7 @@ import os
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,16 +80,40 @@ def open_database(conf: cfg.ConfigOpts, upgrade: bool) -> Database:
     return db
 
 
+class Periodic:
+    """Runs ``task`` every ``interval`` seconds in a daemon thread until stopped;
+    a failing run is logged and the next one happens as planned."""
+
+    def __init__(self, name: str, interval: float, task: Callable[[], object]) -> None:
+        self.name, self.interval, self.task = name, interval, task
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.task()
+                except Exception:
+                    LOG.exception("periodic task %s failed", self.name)
+
+        self._thread = threading.Thread(target=loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
 class Heartbeat:
     """Registers a service row and keeps its ``last_seen_at`` fresh."""
 
     def __init__(self, db: Database, host: str, binary: str, topic: str,
                  interval: float = REPORT_INTERVAL) -> None:
         self.db, self.host, self.binary, self.topic = db, host, binary, topic
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.uuid = self._register()
+        self._periodic = Periodic(f"heartbeat-{binary}", interval, self.beat)
 
     def _register(self) -> str:
         with self.db.session() as s:
@@ -111,21 +136,10 @@ class Heartbeat:
             row.report_count += 1
 
     def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                try:
-                    self.beat()
-                except Exception:
-                    LOG.exception("heartbeat of %s on %s failed", self.binary, self.host)
-
-        self._thread = threading.Thread(target=loop, name=f"heartbeat-{self.binary}",
-                                        daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._periodic.stop()
 
 
 def live_services(db: Database, binary: str, down_after: float) -> list[models.Service]:
@@ -180,14 +194,20 @@ class VolumeService:
                                      self.host)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, self.host, VOLUME_BINARY, VOLUME_TOPIC)
+        # heals what a tgtd restart takes away while this service keeps running
+        self.reconciler = Periodic("volume-reconcile", conf.volume.reconcile_interval,
+                                   self.manager.reconcile)
 
     def start(self) -> None:
         self.manager.reconcile()
         self.rpc.serve(VOLUME_TOPIC, self.host, [VolumeEndpoint(self.manager)])
         self.heartbeat.start()
+        if self.conf.volume.reconcile_interval > 0:
+            self.reconciler.start()
         LOG.info("volume service %s up (service uuid %s)", self.host, self.heartbeat.uuid)
 
     def stop(self) -> None:
+        self.reconciler.stop()
         self.heartbeat.stop()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Api, Tether, connector
+from tests.harness import Api, Tether, connector, wait_for
 from tests.integration.daemons import Tgtd, iscsi_inq
 from tether.connectors.fake import FakeConnector
 from tether.executor import ProcessRunner
@@ -137,5 +137,24 @@ def test_stray_export_removed_on_start(tmp_path: Any, tgtd: Tgtd) -> None:
     t = _start(str(tmp_path), tgtd)
     try:
         assert vid not in t.target.exports()
+    finally:
+        t.stop()
+
+
+def test_running_service_heals_a_tgtd_restart(tmp_path: Any, tgtd: Tgtd) -> None:
+    """No service restart needed: the periodic reconcile re-creates the export."""
+    target = TgtTarget(ProcessRunner(), "127.0.0.1", tgtd.portal_port, tgtd.control_port)
+    t = Tether(str(tmp_path), target, FakeDriver(), FakeConnector(),
+               overrides={"volume": {"reconcile_interval": 0.2}})
+    try:
+        admin = t.api(ADMIN)
+        vid = t.create_volume(admin)["id"]
+        att = _attach(admin, vid, A)
+        info = att["connection_info"]
+        tgtd.restart()
+        assert not _inq(info, A)[0]
+        wait_for(lambda: _inq(info, A)[0], timeout=10, what="export re-created")
+        assert not _inq(info, B)[0]
+        admin.delete(f"/v3/attachments/{att['id']}")
     finally:
         t.stop()

@@ -133,7 +133,9 @@ class VolumesDetail(_Base):
 class Volume(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, volume_id: str) -> None:
         ctx = wsgi.caller(req)
-        wsgi.reply(resp, 200, {"volume": self._detail(req, self.api.get(ctx, volume_id), ctx)})
+        vol, atts = self.api.get_with_attachments(ctx, volume_id)
+        wsgi.reply(resp, 200, {"volume": views.volume_detail(
+            vol, atts, wsgi.version(req), wsgi.base_url(req), ctx.privileged)})
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, volume_id: str) -> None:
         ctx = wsgi.caller(req)

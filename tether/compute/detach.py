@@ -76,18 +76,22 @@ class DetachFlow:
                           "the instance is registered to host %s, not this host %s", volume_id,
                           instance_uuid, inst.host, self.host)
             with self.ops.step(action, "s1.2+s1.3:attachment_delete"):
-                if attachment_id is not None:
-                    self.volumes.attachment_delete(attachment_id)
-                else:
-                    self.volumes.terminate_connection(volume_id, self.connector.properties())
-                    self.volumes.detach(volume_id, None)
+                # the BDM goes first: once storage says 'available' a client may
+                # attach the volume again at once, and must not find it still mapped
+                self._mark_bdm(bdm.id, deleted=True)
+                try:
+                    if attachment_id is not None:
+                        self.volumes.attachment_delete(attachment_id)
+                    else:
+                        self.volumes.terminate_connection(volume_id,
+                                                          self.connector.properties())
+                        self.volumes.detach(volume_id, None)
+                except Exception:
+                    self._mark_bdm(bdm.id, deleted=False)
+                    raise
         except Exception as exc:
             self._roll_back(volume_id, action, exc)
             return False
-        with self.db.session() as s:
-            row = s.get(models.BlockDeviceMapping, bdm.id)
-            if row is not None:
-                row.deleted, row.deleted_at = True, models.utcnow()
         self.ops.finish_action(action)
         LOG.info("volume %s detached from instance %s", volume_id, instance_uuid)
         return True
@@ -111,6 +115,12 @@ class DetachFlow:
                          "skipping target disconnect", volume_id)
             elif info is not None:
                 self.connector.disconnect(info)
+
+    def _mark_bdm(self, bdm_id: int, deleted: bool) -> None:
+        with self.db.session() as s:
+            row = s.get(models.BlockDeviceMapping, bdm_id)
+            if row is not None:
+                row.deleted, row.deleted_at = deleted, models.utcnow() if deleted else None
 
     def _other_users_on_host(self, instance_uuid: str, volume_id: str) -> bool:
         with self.db.session() as s:

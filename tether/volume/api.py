@@ -87,18 +87,33 @@ class VolumeAPI:
             s.expunge(vol)
             return vol
 
+    def get_with_attachments(self, ctx: RequestContext, volume_id: str
+                             ) -> tuple[models.Volume, list[models.VolumeAttachment]]:
+        """The volume and its live attachments, read in one transaction."""
+        with self.db.session() as s:
+            vol = self._volume(s, ctx, volume_id)
+            atts = self._live_attachments(s, [volume_id])[volume_id]
+            s.expunge_all()
+            return vol, atts
+
     def live_attachments(self, volume_ids: list[str]) -> dict[str, list[models.VolumeAttachment]]:
+        with self.db.session() as s:
+            out = self._live_attachments(s, volume_ids)
+            s.expunge_all()
+            return out
+
+    @staticmethod
+    def _live_attachments(s: Session, volume_ids: list[str]
+                          ) -> dict[str, list[models.VolumeAttachment]]:
         out: dict[str, list[models.VolumeAttachment]] = {v: [] for v in volume_ids}
         if not volume_ids:
             return out
-        with self.db.session() as s:
-            rows = s.scalars(select(models.VolumeAttachment).where(
-                models.VolumeAttachment.volume_id.in_(volume_ids),
-                models.VolumeAttachment.deleted.is_(False)).order_by(
-                models.VolumeAttachment.created_at)).all()
-            for row in rows:
-                s.expunge(row)
-                out[row.volume_id].append(row)
+        rows = s.scalars(select(models.VolumeAttachment).where(
+            models.VolumeAttachment.volume_id.in_(volume_ids),
+            models.VolumeAttachment.deleted.is_(False)).order_by(
+            models.VolumeAttachment.created_at)).all()
+        for row in rows:
+            out[row.volume_id].append(row)
         return out
 
     def list_volumes(self, ctx: RequestContext, filters: dict[str, str],

@@ -169,3 +169,52 @@ def test_exports_and_sessions_read_back() -> None:
     assert list(state) == [VID]  # targets without our prefix are not ours
     assert state[VID].initiators == {A} and state[VID].chap_username == "tetheruser1"
     assert d.sessions(VID) == {A}
+
+
+def test_stale_view_is_reloaded_and_the_change_retried() -> None:
+    """tgtd restarted behind our back: the first change fails, tgtd is read
+    again, and the export is rebuilt from scratch."""
+
+    class LostTarget(Runner):
+        def run(self, argv: Sequence[str], **kw: object) -> CommandResult:
+            if "--initiator-name" in argv and self.show:  # tid 3 is gone now
+                self.show = ""
+                self.calls.append(list(argv)[5:])
+                raise CommandError(tuple(argv), 22, "", "tgtadm: can't find the target")
+            return super().run(argv, **kw)  # type: ignore[arg-type]
+
+    runner = LostTarget(show=SHOW)
+    d = _driver(runner)
+    path = f"/var/lib/tether/volumes/volume-{VID}"
+    d.export(ExportSpec(VID, path, CHAP, frozenset({A, B})))
+    assert runner.calls == [
+        ["--op", "bind", "--mode", "target", "--tid", "3", "--initiator-name", B],
+        ["--op", "new", "--mode", "target", "--tid", "1", "--targetname", IQN],
+        ["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+         "--backing-store", path, "--bstype", "rdwr"],
+        ["--op", "new", "--mode", "account", "--user", "tetheruser1", "--password",
+         "s3cretpassword16"],
+        ["--op", "bind", "--mode", "account", "--tid", "1", "--user", "tetheruser1"],
+        ["--op", "bind", "--mode", "target", "--tid", "1", "--initiator-name", A],
+        ["--op", "bind", "--mode", "target", "--tid", "1", "--initiator-name", B],
+    ]
+
+
+def test_show_is_read_once_then_kept_up_to_date() -> None:
+    shows = 0
+
+    class Counting(Runner):
+        def run(self, argv: Sequence[str], **kw: object) -> CommandResult:
+            nonlocal shows
+            if "show" in argv:
+                shows += 1
+            return super().run(argv, **kw)  # type: ignore[arg-type]
+
+    runner = Counting(show="")
+    d = _driver(runner)
+    for _ in range(3):
+        d.export(ExportSpec(VID, "/v/f", CHAP, frozenset({A})))
+        d.unexport(VID)
+    assert shows == 1
+    assert runner.calls.count(["--op", "new", "--mode", "target", "--tid", "1",
+                               "--targetname", IQN]) == 3
