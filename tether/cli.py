@@ -71,11 +71,13 @@ def cmd_service(conf: Any, args: argparse.Namespace) -> int:
     _setup_logging(conf, to_stderr=True)
     db = service.open_database(conf, upgrade=False)
     rpc = Rpc(conf)
-    svc: service.ApiService | service.VolumeService
+    svc: service.ApiService | service.VolumeService | service.ComputeService
     if args.name == "api":
         svc = service.ApiService(conf, db, rpc)
-    else:
+    elif args.name == "volume":
         svc = service.VolumeService(conf, db, rpc)
+    else:
+        svc = service.ComputeService(conf, db, rpc)
     svc.start()
     try:
         _wait_for_signal()
@@ -109,7 +111,11 @@ def cmd_config(conf: Any, args: argparse.Namespace) -> int:
 def cmd_volume(conf: Any, args: argparse.Namespace) -> int:
     from tether.client import ApiClient
 
-    client = ApiClient.from_conf(conf, args.token)
+    with ApiClient.from_conf(conf, args.token) as client:
+        return _volume_command(client, args)
+
+
+def _volume_command(client: Any, args: argparse.Namespace) -> int:
     if args.action == "create":
         vol = client.create_volume(args.size, args.name, multiattach=args.multiattach)
         if args.wait:
@@ -145,9 +151,15 @@ def _print(data: dict[str, Any], as_json: bool) -> None:
 
 def cmd_server(conf: Any, args: argparse.Namespace) -> int:
     from tether.client import ApiClient, ComputeClient
+
+    with ComputeClient.from_conf(conf, args.token) as nova, \
+            ApiClient.from_conf(conf, args.token) as cinder:
+        return _server_command(nova, cinder, args)
+
+
+def _server_command(nova: Any, cinder: Any, args: argparse.Namespace) -> int:
     from tether.waterfall import render
 
-    nova = ComputeClient.from_conf(conf, args.token)
     if args.action == "create":
         srv = nova.create_server(args.name, args.flavor)
         if args.wait:
@@ -166,7 +178,6 @@ def cmd_server(conf: Any, args: argparse.Namespace) -> int:
         if args.wait:
             nova.wait_server_gone(sid)
     elif args.action in ("add", "remove"):
-        cinder = ApiClient.from_conf(conf, args.token)
         sid, vid = nova.find_server(args.server), cinder.find_volume(args.volume)
         if args.action == "add":
             _print(nova.attach(sid, vid, args.device), args.json)
@@ -223,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     sub.add_parser("serve", help="run everything in one process (embedded mode)").set_defaults(
         func=cmd_serve)
     sp = sub.add_parser("service", help="run one service (distributed mode)")
-    sp.add_argument("name", choices=["api", "volume"])
+    sp.add_argument("name", choices=["api", "volume", "compute"])
     sp.set_defaults(func=cmd_service)
 
     sp = sub.add_parser("db", help="database schema")

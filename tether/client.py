@@ -27,7 +27,20 @@ def _error(resp: httpx.Response) -> ApiClientError:
         return ApiClientError(resp.status_code, resp.text[:300])
 
 
-class ApiClient:
+class _Closing:
+    http: httpx.Client
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ApiClient(_Closing):
     VOLUME_VERSION = "volume 3.71"
 
     def __init__(self, volume_url: str, token: str, timeout: float = 30.0) -> None:
@@ -110,7 +123,7 @@ class ApiClient:
         self._volume("DELETE", f"/attachments/{attachment_id}")
 
 
-class ComputeClient:
+class ComputeClient(_Closing):
     """The Compute API side of the CLI and demo."""
 
     VERSION = "compute 2.89"

@@ -96,8 +96,9 @@ def run(conf: Any, args: argparse.Namespace) -> int:
         embedded.start()
     token = service_token(conf)
     try:
-        return _walk(conf, ApiClient(config.volume_endpoint(conf), token),
-                     ComputeClient.from_conf(conf, token), args)
+        with ApiClient(config.volume_endpoint(conf), token) as cinder, \
+                ComputeClient.from_conf(conf, token) as nova:
+            return _walk(conf, cinder, nova, args)
     finally:
         if embedded is not None:
             embedded.stop()

@@ -1,0 +1,92 @@
+"""The ``tether`` CLI against a running embedded Tether (fake drivers, real
+HTTP on free ports): what an operator types and reads."""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tether import config
+from tether.cli import main
+from tether.connectors.fake import FakeConnector
+from tether.service import Drivers, Embedded
+from tether.virt.fake import FakeDriver
+from tether.volume.targets.fake import FakeTarget
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    state = tmp_path_factory.mktemp("cli")
+    conf_file = state / "tether.conf"
+    conf_file.write_text(
+        f"[DEFAULT]\ntransport_url = tether-inproc://cli-{uuid.uuid4().hex}\n"
+        f"[api]\ncompute_port = {_free_port()}\nvolume_port = {_free_port()}\n"
+        "service_token = cli-service-token\n")
+    conf = config.load(str(conf_file), str(state))
+    app = Embedded(conf, Drivers(FakeTarget(), FakeDriver(), FakeConnector()))
+    app.start()
+    try:
+        yield ["--config-file", str(conf_file), "--state-dir", str(state),
+               "--token", "admin:p1"]
+    finally:
+        app.stop()
+
+
+def run(capsys: pytest.CaptureFixture[str], base: list[str], *args: str) -> tuple[int, str]:
+    rc = main([*base, *args])
+    return rc, capsys.readouterr().out
+
+
+def test_volume_and_server_commands(running: list[str],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run(capsys, running, "volume", "create", "--size", "1", "cli-vol")
+    assert rc == 0 and re.search(r"status\s+available", out)
+    rc, out = run(capsys, running, "server", "create", "cli-vm")
+    assert rc == 0 and re.search(r"status\s+ACTIVE", out)
+
+    rc, out = run(capsys, running, "server", "add", "volume", "cli-vm", "cli-vol")
+    assert rc == 0 and "/dev/sdb" in out
+    rc, out = run(capsys, running, "volume", "list")
+    assert "cli-vol" in out and "in-use" in out
+
+    rc, out = run(capsys, running, "server", "remove", "volume", "cli-vm", "cli-vol")
+    assert rc == 0
+    assert "s1.1.1:guest_device_removal" in out and "detach Success: volume available" in out
+
+    rc, out = run(capsys, running, "server", "event", "list", "cli-vm")
+    assert "detach_volume" in out and "attach_volume" in out
+    request_id = next(line.split()[0] for line in out.splitlines()
+                      if "detach_volume" in line)
+    rc, out = run(capsys, running, "server", "event", "show", "cli-vm", request_id)
+    assert rc == 0 and "total" in out
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [
+        "s1:compute_api", "s1.1:driver_detach", "s1.1.1:guest_device_removal",
+        "s2:host_disconnect", "s1.2+s1.3:attachment_delete"]
+
+    rc, out = run(capsys, running, "server", "remove", "volume", "--no-wait", "cli-vm",
+                  "cli-vol")
+    assert rc == 1  # no longer attached
+
+
+def test_errors_are_one_clear_line(running: list[str],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main([*running, "volume", "show", "no-such-volume"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("tether: HTTP 404")
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    assert main(["--config-file", str(tmp_path / "nope.conf"), "volume", "list"]) == 2
+    assert "does not exist" in capsys.readouterr().err
