@@ -228,8 +228,7 @@ class HttpServer:
 
     @property
     def port(self) -> int:
-        port: int = self.server.effective_port
-        return port
+        return int(self.server.effective_port)
 
 
 def serve_http(name: str, app: WsgiApp, host: str, port: int, threads: int) -> HttpServer:
@@ -237,7 +236,7 @@ def serve_http(name: str, app: WsgiApp, host: str, port: int, threads: int) -> H
                            clear_untrusted_proxy_headers=True)
     thread = threading.Thread(target=server.run, name=f"http-{name}", daemon=True)
     thread.start()
-    LOG.info("%s API listening on http://%s:%d", name, host, server.effective_port)
+    LOG.info("%s API listening on http://%s:%s", name, host, server.effective_port)
     return HttpServer(name, server, thread)
 
 

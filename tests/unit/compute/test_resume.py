@@ -1,0 +1,68 @@
+"""A compute service that died mid-operation finishes or undoes it on start:
+an interrupted detach is run again (its steps are idempotent), an
+interrupted attach is rolled back.  No volume stays detaching or attaching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.harness import Tether
+from tether.context import RequestContext
+from tether.db import models
+from tether.virt.driver import disk_alias
+from tether.virt.fake import FakeDriver
+
+
+def _ready(t: Tether) -> tuple[Any, Any, str, str]:
+    nova, cinder = t.nova(), t.api()
+    sid = t.create_server(nova)["id"]
+    vid = t.create_volume(cinder)["id"]
+    nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
+              {"volumeAttachment": {"volumeId": vid}})
+    t.wait_action(nova, sid, "attach_volume")
+    return nova, cinder, sid, vid
+
+
+def test_interrupted_detach_is_finished_on_start(tether: Tether) -> None:
+    nova, cinder, sid, vid = _ready(tether)
+    # the API did its part (begin_detaching, action, s1) and the host died
+    # before running the cast
+    ctx = RequestContext("alice", "p1")
+    cinder_admin = tether.api("admin:p1")
+    cinder_admin.post(f"/v3/volumes/{vid}/action", {"os-begin_detaching": {}})
+    ops = tether.embedded.api.compute_api.ops
+    action = ops.start_action(ctx, sid, "detach_volume", vid)
+    with ops.step(action, "s1:compute_api"):
+        pass
+    assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "detaching"
+
+    assert tether.embedded.compute.manager.resume_unfinished() == 1
+
+    assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "available"
+    virt = tether.virt
+    assert isinstance(virt, FakeDriver)
+    assert disk_alias(vid) not in {d.alias for d in virt.list_disks(sid)}
+    with tether.db.session() as s:
+        row = s.get(models.InstanceAction, action.id)
+        assert row is not None and row.finish_time is not None and row.message is None
+    assert tether.embedded.compute.manager.resume_unfinished() == 0
+
+
+def test_interrupted_attach_is_rolled_back_on_start(tether: Tether) -> None:
+    nova, cinder, sid, vid = _ready(tether)
+    # pretend the attach never finished: the action is still open
+    with tether.db.session() as s:
+        row = s.query(models.InstanceAction).filter_by(
+            instance_uuid=sid, action="attach_volume").one()
+        row.finish_time = None
+
+    assert tether.embedded.compute.manager.resume_unfinished() == 1
+
+    assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "available"
+    assert vid not in tether.target.exports()
+    assert nova.get(f"/v2.1/servers/{sid}/os-volume_attachments").json[
+        "volumeAttachments"] == []
+    with tether.db.session() as s:
+        row = s.query(models.InstanceAction).filter_by(
+            instance_uuid=sid, action="attach_volume").one()
+        assert row.finish_time is not None and row.message == "Error"
