@@ -24,7 +24,7 @@ def _ready(t: Tether) -> tuple[Any, Any, str, str]:
 
 
 def test_interrupted_detach_is_finished_on_start(tether: Tether) -> None:
-    nova, cinder, sid, vid = _ready(tether)
+    _nova, cinder, sid, vid = _ready(tether)
     # the API did its part (begin_detaching, action, s1) and the host died
     # before running the cast
     ctx = RequestContext("alice", "p1")
