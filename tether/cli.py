@@ -32,7 +32,7 @@ def _setup_logging(conf: Any, to_stderr: bool) -> None:
     level = logging.DEBUG if conf.debug else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
     handlers: list[logging.Handler] = []
-    os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
+    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
     log_file = conf.log_file or os.path.join(conf.state_dir, "tether.log")
     handlers.append(logging.FileHandler(log_file))
     if to_stderr:
@@ -91,7 +91,7 @@ def cmd_db(conf: Any, args: argparse.Namespace) -> int:
     from tether.db import migrate
     from tether.db.api import Database
 
-    os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
+    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
     db = Database(config.database_url(conf))
     if args.action == "upgrade":
         migrate.upgrade(db)

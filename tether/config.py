@@ -77,6 +77,12 @@ compute_opts = [
     cfg.StrOpt("initiator_iqn",
                help="This host's initiator IQN; default from /etc/iscsi/initiatorname.iscsi "
                     "or generated once into <state_dir>/initiator_iqn."),
+    cfg.StrOpt("images_dir",
+               help="Local images a server may boot from (imageRef names a file here); "
+                    "default <state_dir>/images."),
+    cfg.StrOpt("instances_dir",
+               help="Per-server files (root disk overlay, console log); default "
+                    "<state_dir>/instances.  QEMU's own user must be able to reach it."),
     cfg.FloatOpt("device_detach_timeout", default=20.0, min=0.1,
                  help="Seconds to wait for the guest to release a disk, per attempt."),
     cfg.IntOpt("device_detach_attempts", default=8, min=1,
@@ -137,6 +143,16 @@ def database_url(conf: cfg.ConfigOpts) -> str:
 def volumes_dir(conf: cfg.ConfigOpts) -> str:
     path: str | None = conf.volume.volumes_dir
     return path or os.path.join(conf.state_dir, "volumes")
+
+
+def images_dir(conf: cfg.ConfigOpts) -> str:
+    path: str | None = conf.compute.images_dir
+    return path or os.path.join(conf.state_dir, "images")
+
+
+def instances_dir(conf: cfg.ConfigOpts) -> str:
+    path: str | None = conf.compute.instances_dir
+    return path or os.path.join(conf.state_dir, "instances")
 
 
 def volume_endpoint(conf: cfg.ConfigOpts) -> str:

@@ -28,6 +28,7 @@ from tether.api.auth import NoAuth
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
 from tether.compute.detach import DetachPolicy
+from tether.compute.images import LocalImages
 from tether.compute.manager import ComputeEndpoint, ComputeManager
 from tether.compute.rpcapi import ComputeRpcApi
 from tether.compute.volume_client import VolumeClient
@@ -70,7 +71,9 @@ def service_token(conf: cfg.ConfigOpts) -> str:
 
 
 def open_database(conf: cfg.ConfigOpts, upgrade: bool) -> Database:
-    os.makedirs(conf.state_dir, mode=0o700, exist_ok=True)
+    # 0711: QEMU (its own user) must reach instances/<uuid>/ inside; nothing in
+    # the state dir can be listed, and its files are 0600
+    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
     db = Database(config.database_url(conf))
     if upgrade:
         migrate.upgrade(db)
@@ -269,8 +272,10 @@ class ComputeService:
                                     transport=volume_transport)
         policy = DetachPolicy(conf.compute.device_detach_timeout,
                               conf.compute.device_detach_attempts)
+        images = LocalImages(config.images_dir(conf), config.instances_dir(conf),
+                             ProcessRunner())
         self.manager = ComputeManager(db, self.virt, self.connector, self.volumes, conf.host,
-                                      policy)
+                                      policy, images)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
 

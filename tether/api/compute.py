@@ -18,6 +18,7 @@ from tether.api.versions import COMPUTE
 from tether.api.wsgi import WsgiApp
 from tether.compute import flavors
 from tether.compute.api import ComputeAPI
+from tether.compute.images import valid_image_ref
 from tether.exceptions import FlavorNotFound, ServerNotFound
 from tether.policy import allowed, authorize
 
@@ -104,12 +105,13 @@ class Servers(_Base):
         if not isinstance(flavor, str | int) or isinstance(flavor, bool):
             raise errors.bad_request("Invalid input for field/attribute flavorRef: required.")
         image = data.get("imageRef") or None
-        if image is not None:
-            raise errors.bad_request("Booting from an image is not supported yet: leave "
-                                     "imageRef out for a guest without an OS.")
+        if image is not None and (not isinstance(image, str) or not valid_image_ref(image)):
+            raise errors.bad_request(f"Invalid imageRef {image!r}: name a file in the compute "
+                                     "host's images directory (no path), or leave it out for "
+                                     "a guest without an OS.")
         if data.get("block_device_mapping_v2"):
             raise errors.bad_request("block_device_mapping_v2 is not supported yet.")
-        inst = self.api.create_server(wsgi.caller(req), name.strip(), str(flavor))
+        inst = self.api.create_server(wsgi.caller(req), name.strip(), str(flavor), image)
         body = views.server_summary(inst, wsgi.base_url(req))
         body.update({"OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
                      "adminPass": secrets.token_urlsafe(9)})

@@ -7,6 +7,7 @@ and on start resumes what a crash interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import defaultdict
@@ -18,6 +19,7 @@ from sqlalchemy import select
 
 from tether.compute.attach import AttachFlow
 from tether.compute.detach import DetachFlow, DetachPolicy
+from tether.compute.images import LocalImages
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo
 from tether.connectors.base import VolumeConnector
@@ -40,8 +42,9 @@ _POWER = {virt.PowerState.RUNNING: srv_states.POWER_RUNNING,
 class ComputeManager:
     def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
                  volumes: VolumeClient, host: str, policy: DetachPolicy,
-                 domain_prefix: str = "tether-") -> None:
+                 images: LocalImages, domain_prefix: str = "tether-") -> None:
         self.db = db
+        self.images = images
         self.virt = virt_driver
         self.connector = connector
         self.volumes = volumes
@@ -72,9 +75,15 @@ class ComputeManager:
                 inst = s.get(models.Instance, instance_uuid)
                 if inst is None:
                     return
+                image_ref = inst.image_ref
                 spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
                                        vcpus=inst.vcpus, memory_mib=inst.memory_mb)
             try:
+                if image_ref:
+                    with self.ops.step(action, "prepare_root_disk"):
+                        spec = dataclasses.replace(
+                            spec, root_disk=self.images.prepare_root_disk(inst.uuid, image_ref),
+                            console_log=self.images.console_log(inst.uuid))
                 with self.ops.step(action, "spawn"):
                     self.virt.spawn(spec)
             except Exception:
@@ -127,6 +136,7 @@ class ComputeManager:
         with self._locked(instance_uuid):
             with self.ops.step(action, "destroy_guest"):
                 self.virt.destroy(instance_uuid)
+                self.images.remove(instance_uuid)
             with self.db.session() as s:
                 bdms = list(s.scalars(select(models.BlockDeviceMapping).where(
                     models.BlockDeviceMapping.instance_uuid == instance_uuid,

@@ -90,11 +90,16 @@ class ServerSpec:
     name: str  # libvirt domain name
     vcpus: int
     memory_mib: int
+    root_disk: str | None = None  # qcow2 file the guest boots from (an OS image's overlay)
     kernel: str | None = None  # direct kernel boot (a real Linux guest)
     initrd: str | None = None
     cmdline: str | None = None
     console_log: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def boots_os(self) -> bool:
+        return bool(self.root_disk or self.kernel)
 
 
 class VirtError(Exception):

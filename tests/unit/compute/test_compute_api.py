@@ -89,13 +89,27 @@ def test_server_lifecycle(tether: Tether) -> None:
     (None, 400), ({"server": {}}, 400), ({"server": {"name": "x"}}, 400),
     ({"server": {"name": "", "flavorRef": "1"}}, 400),
     ({"server": {"name": "x", "flavorRef": "404"}}, 404),
-    ({"server": {"name": "x", "flavorRef": "1", "imageRef": "img"}}, 400),
+    ({"server": {"name": "x", "flavorRef": "1", "imageRef": "/etc/shadow"}}, 400),
+    ({"server": {"name": "x", "flavorRef": "1", "imageRef": "../shadow"}}, 400),
+    ({"server": {"name": "x", "flavorRef": "1", "imageRef": 7}}, 400),
 ])
 def test_server_create_errors(tether: Tether, body: Any, status: int) -> None:
     res = tether.nova().post("/v2.1/servers", body)
     assert res.status_code == status, res.text
     (fault,) = res.json.values()
     assert fault["code"] == status
+
+
+def test_missing_image_puts_the_server_in_error_and_says_why(tether: Tether) -> None:
+    nova = tether.nova()
+    res = nova.post("/v2.1/servers", {"server": {"name": "x", "flavorRef": "1",
+                                                 "imageRef": "no-such.qcow2"}})
+    sid = res.json["server"]["id"]
+    wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").json["server"]["status"] == "ERROR")
+    action = tether.wait_action(nova, sid, "create")
+    (failed,) = [e for e in action["events"] if e["result"] == "Error"]
+    assert failed["event"] == "prepare_root_disk"
+    assert "no-such.qcow2 not found" in failed["details"]
 
 
 def test_other_projects_server_is_404(tether: Tether) -> None:

@@ -105,10 +105,11 @@ class LibvirtDriver:
 
     def domain_type(self, spec: ServerSpec) -> str:
         """KVM where it can run the guest; on these hosts /dev/kvm runs guests
-        without an OS but cannot boot a Linux kernel, so a kernel means TCG."""
+        without an OS but cannot boot an operating system, so a guest that
+        boots one (a kernel or a disk image) gets plain QEMU emulation."""
         if self.virt_type != "auto":
             return self.virt_type
-        return "kvm" if kvm_usable() and not spec.kernel else "qemu"
+        return "kvm" if kvm_usable() and not spec.boots_os else "qemu"
 
     # -- servers -----------------------------------------------------------------
 

@@ -22,6 +22,12 @@ def domain_xml(spec: ServerSpec, virt_type: str) -> str:
     volumes, a serial console to a file when asked, and no disk of its own
     unless it boots a kernel directly."""
     boot = ""
+    root = ""
+    if spec.root_disk:
+        boot = "<boot dev='hd'/>"
+        root = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                f"<source file={quoteattr(spec.root_disk)}/>"
+                "<target dev='vda' bus='virtio'/><alias name='ua-root'/></disk>")
     if spec.kernel:
         boot = f"<kernel>{escape(spec.kernel)}</kernel>"
         if spec.initrd:
@@ -44,6 +50,7 @@ def domain_xml(spec: ServerSpec, virt_type: str) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <controller type='scsi' index='0' model='virtio-scsi'/>
+    {root}
     {console}
     <memballoon model='none'/>
   </devices>

@@ -1,0 +1,95 @@
+"""A server booted from a local image: the guest really runs the image's
+code (a boot sector that writes a marker to the serial console), and volumes
+attach to and detach from it like any other."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Tether, wait_for
+from tests.integration.daemons import Tgtd
+from tether.connectors.iscsi_direct import IscsiDirectConnector
+from tether.executor import ProcessRunner
+from tether.virt.libvirt.driver import LibvirtDriver
+from tether.volume.targets.tgt import TgtTarget
+
+MARKER = b"TETHER-BOOT-OK"
+
+
+def boot_sector() -> bytes:
+    """x86 real-mode code: print MARKER on COM1, then halt."""
+    code = bytes([
+        0x31, 0xC0,              # xor ax, ax
+        0x8E, 0xD8,              # mov ds, ax
+        0xFC,                    # cld
+        0xBA, 0xF8, 0x03,        # mov dx, 0x3f8
+        0xBE, 0x16, 0x7C,        # mov si, 0x7c16 (the message)
+        0xAC,                    # lodsb
+        0x84, 0xC0,              # test al, al
+        0x74, 0x03,              # jz halt
+        0xEE,                    # out dx, al
+        0xEB, 0xF8,              # jmp lodsb
+        0xF4,                    # halt: hlt
+        0xEB, 0xFD,              # jmp halt
+    ])
+    sector = code + MARKER + b"\r\n\0"
+    return sector.ljust(510, b"\0") + b"\x55\xaa"
+
+
+@pytest.fixture(scope="module")
+def tether(tmp_path_factory: pytest.TempPathFactory, tgtd: Tgtd,
+           libvirtd: None) -> Iterator[Tether]:
+    # QEMU runs as its own user: its files live where it can reach them
+    shared = f"/var/tmp/tether-test-{uuid.uuid4().hex[:8]}"
+    images, instances = f"{shared}/images", f"{shared}/instances"
+    os.makedirs(images, mode=0o755)
+    os.makedirs(instances, mode=0o711)
+    with open(os.path.join(images, "bootsector.raw"), "wb") as f:
+        f.write(boot_sector().ljust(1 << 20, b"\0"))
+    virt = LibvirtDriver()
+    t = Tether(str(tmp_path_factory.mktemp("image")),
+               TgtTarget(ProcessRunner(), "127.0.0.1", tgtd.portal_port, tgtd.control_port),
+               virt, IscsiDirectConnector(virt, "iqn.2010-10.org.tether:img-test", "testhost",
+                                          "127.0.0.1"),
+               overrides={"compute": {"images_dir": images, "instances_dir": instances}})
+    t.shared = shared  # type: ignore[attr-defined]
+    try:
+        yield t
+    finally:
+        t.stop()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_guest_runs_the_image_and_takes_volumes(tether: Tether) -> None:
+    nova, cinder = tether.nova(), tether.api()
+    res = nova.post("/v2.1/servers", {"server": {"name": "img", "flavorRef": "1",
+                                                 "imageRef": "bootsector.raw"}})
+    assert res.status_code == 202, res.text
+    sid = res.json["server"]["id"]
+    try:
+        wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").json["server"]["status"] ==
+                 "ACTIVE", 30, "server ACTIVE")
+        console = os.path.join(tether.shared, "instances", sid,  # type: ignore[attr-defined]
+                               "console.log")
+        wait_for(lambda: os.path.exists(console) and MARKER in Path(console).read_bytes(),
+                 30, "the boot sector's marker on the serial console")
+        vid = tether.create_volume(cinder)["id"]
+        nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
+                  {"volumeAttachment": {"volumeId": vid}})
+        tether.wait_action(nova, sid, "attach_volume")
+        assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "in-use"
+        nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
+        action = tether.wait_action(nova, sid, "detach_volume")
+        assert not action["message"]
+        assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "available"
+    finally:
+        nova.delete(f"/v2.1/servers/{sid}")
+        wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").status_code == 404, 30,
+                 "server deleted")
+    assert not os.path.exists(os.path.join(tether.shared, "instances", sid))  # type: ignore[attr-defined]
