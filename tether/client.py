@@ -27,6 +27,42 @@ def _error(resp: httpx.Response) -> ApiClientError:
         return ApiClientError(resp.status_code, resp.text[:300])
 
 
+def _find(rows: list[dict[str, Any]], name_or_id: str, kind: str) -> str:
+    found = [r for r in rows if name_or_id in (r["id"], r["name"])]
+    if len(found) != 1:
+        raise ApiClientError(404, f"{len(found)} {kind}s match {name_or_id!r}")
+    ident: str = found[0]["id"]
+    return ident
+
+
+def _wait_status(get: Any, ident: str, statuses: set[str], kind: str,
+                 timeout: float) -> dict[str, Any]:
+    """Poll ``get(ident)`` until its status is one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row: dict[str, Any] = get(ident)
+        if row["status"] in statuses:
+            return row
+        if time.monotonic() > deadline:
+            raise ApiClientError(408, f"{kind} {ident} still {row['status']} after "
+                                      f"{timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def _wait_gone(get: Any, ident: str, kind: str, timeout: float) -> None:
+    """Poll ``get(ident)`` until it answers 404."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            get(ident)
+        except ApiClientError as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(0.05)
+    raise ApiClientError(408, f"{kind} {ident} still exists after {timeout:.0f}s")
+
+
 class _Closing:
     http: httpx.Client
 
@@ -75,40 +111,18 @@ class ApiClient(_Closing):
         return rows
 
     def find_volume(self, name_or_id: str) -> str:
-        rows = [v for v in self.list_volumes() if name_or_id in (v["id"], v["name"])]
-        if len(rows) != 1:
-            raise ApiClientError(404, f"{len(rows)} volumes match {name_or_id!r}")
-        vid: str = rows[0]["id"]
-        return vid
+        return _find(self.list_volumes(), name_or_id, "volume")
 
     def delete_volume(self, volume_id: str) -> None:
         self._volume("DELETE", f"/volumes/{volume_id}")
 
     def wait_volume(self, volume_id: str, statuses: set[str],
                     timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            vol = self.get_volume(volume_id)
-            if vol["status"] in statuses:
-                return vol
-            if time.monotonic() > deadline:
-                raise ApiClientError(408, f"volume {volume_id} still {vol['status']} after "
-                                          f"{timeout:.0f}s")
-            time.sleep(0.05)
+        return _wait_status(self.get_volume, volume_id, statuses, "volume", timeout)
 
     def wait_volume_gone(self, volume_id: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self.get_volume(volume_id)
-            except ApiClientError as exc:
-                if exc.status == 404:
-                    return
-                raise
-            time.sleep(0.05)
-        raise ApiClientError(408, f"volume {volume_id} still exists after {timeout:.0f}s")
+        _wait_gone(self.get_volume, volume_id, "volume", timeout)
 
-    # attachments
     def create_attachment(self, volume_id: str, instance: str | None,
                           connector: dict[str, Any] | None) -> dict[str, Any]:
         body = {"attachment": {"volume_uuid": volume_id, "instance_uuid": instance,
@@ -160,37 +174,17 @@ class ComputeClient(_Closing):
         return rows
 
     def find_server(self, name_or_id: str) -> str:
-        rows = [s for s in self.list_servers() if name_or_id in (s["id"], s["name"])]
-        if len(rows) != 1:
-            raise ApiClientError(404, f"{len(rows)} servers match {name_or_id!r}")
-        sid: str = rows[0]["id"]
-        return sid
+        return _find(self.list_servers(), name_or_id, "server")
 
     def delete_server(self, server_id: str) -> None:
         self._call("DELETE", f"/servers/{server_id}")
 
     def wait_server(self, server_id: str, statuses: set[str],
                     timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            srv = self.get_server(server_id)
-            if srv["status"] in statuses:
-                return srv
-            if time.monotonic() > deadline:
-                raise ApiClientError(408, f"server {server_id} still {srv['status']}")
-            time.sleep(0.05)
+        return _wait_status(self.get_server, server_id, statuses, "server", timeout)
 
     def wait_server_gone(self, server_id: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self.get_server(server_id)
-            except ApiClientError as exc:
-                if exc.status == 404:
-                    return
-                raise
-            time.sleep(0.05)
-        raise ApiClientError(408, f"server {server_id} still exists after {timeout:.0f}s")
+        _wait_gone(self.get_server, server_id, "server", timeout)
 
     def attach(self, server_id: str, volume_id: str, device: str | None = None
                ) -> dict[str, Any]:

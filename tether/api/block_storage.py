@@ -70,16 +70,6 @@ def _limit(req: falcon.Request) -> int | None:
     return int(raw)
 
 
-class Versions:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        wsgi.reply(resp, 300, {"versions": [VOLUME.document(wsgi.base_url(req))]})
-
-
-class Version:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        wsgi.reply(resp, 200, {"version": VOLUME.document(wsgi.base_url(req))})
-
-
 class _Base:
     def __init__(self, api: VolumeAPI) -> None:
         self.api = api
@@ -308,10 +298,9 @@ class VolumeAction:
 
 
 def create_app(api: VolumeAPI, auth: Authenticator) -> WsgiApp:
-    app = wsgi.create_app(VOLUME, auth, COLLECTIONS, server_fault="computeFault")
+    app = wsgi.create_app(VOLUME, auth, COLLECTIONS, server_fault="computeFault",
+                          root_status=300)
     legacy = LegacyActions(api)
-    app.add_route("/", Versions())
-    app.add_route("/v3", Version())
     app.add_route("/v3/volumes", Volumes(api))
     app.add_route("/v3/volumes/detail", VolumesDetail(api))
     app.add_route("/v3/volumes/{volume_id}", Volume(api))

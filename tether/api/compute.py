@@ -41,16 +41,6 @@ def _server_id(server_id: str) -> str:
         raise ServerNotFound(server_id) from None
 
 
-class Versions:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        wsgi.reply(resp, 200, {"versions": [COMPUTE.document(wsgi.base_url(req))]})
-
-
-class Version:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        wsgi.reply(resp, 200, {"version": COMPUTE.document(wsgi.base_url(req))})
-
-
 class Flavors:
     def __init__(self, detail: bool) -> None:
         self.detail = detail
@@ -234,9 +224,8 @@ class InstanceAction(_Base):
 
 
 def create_app(api: ComputeAPI, auth: Authenticator) -> WsgiApp:
-    app = wsgi.create_app(COMPUTE, auth, COLLECTIONS, server_fault="computeFault")
-    app.add_route("/", Versions())
-    app.add_route("/v2.1", Version())
+    app = wsgi.create_app(COMPUTE, auth, COLLECTIONS, server_fault="computeFault",
+                          root_status=200)
     app.add_route("/v2.1/flavors", Flavors(detail=False))
     app.add_route("/v2.1/flavors/detail", Flavors(detail=True))
     app.add_route("/v2.1/flavors/{flavor_id}", Flavor())

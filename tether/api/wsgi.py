@@ -70,13 +70,36 @@ class ApiMiddleware:
                      (time.perf_counter() - started) * 1000, req.context.request_id)
 
 
+class VersionList:
+    """``GET /``: every version (Cinder answers 300 Multiple Choices, Nova 200)."""
+
+    def __init__(self, versions: ApiVersions, status: int) -> None:
+        self.versions, self.status = versions, status
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        reply(resp, self.status, {"versions": [self.versions.document(base_url(req))]})
+
+
+class VersionDocument:
+    """``GET /v3`` or ``/v2.1`` (with or without the trailing slash)."""
+
+    def __init__(self, versions: ApiVersions) -> None:
+        self.versions = versions
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        reply(resp, 200, {"version": self.versions.document(base_url(req))})
+
+
 def create_app(versions: ApiVersions, auth: Authenticator, collections: Iterable[str],
-               server_fault: str) -> WsgiApp:
+               server_fault: str, root_status: int) -> WsgiApp:
+    """An app with the request pipeline, the error handlers and version discovery."""
     app = falcon.App(middleware=[ApiMiddleware(versions, auth, collections)],
                      cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.default_media_type = falcon.MEDIA_JSON
     errors.install(app, server_fault)
+    app.add_route("/", VersionList(versions, root_status))
+    app.add_route(versions.path, VersionDocument(versions))
     return app
 
 
