@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import wait_for
 from tests.integration.daemons import Tgtd
 from tether.executor import ProcessRunner
 from tether.virt import driver as virt
@@ -77,10 +78,8 @@ def test_attach_and_detach_network_disk(driver: LibvirtDriver, guest: str,
     print(f"attach {attach_s * 1000:.0f} ms, detach {detach_s * 1000:.0f} ms")
     assert alias not in _aliases(driver, guest, live=True)
     assert alias not in _aliases(driver, guest, live=False)
-    deadline = time.monotonic() + 5
-    while volume["target"].sessions(vid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert volume["target"].sessions(vid) == frozenset()
+    wait_for(lambda: volume["target"].sessions(vid) == frozenset(), 5,
+             "QEMU's iSCSI session to end")
 
 
 def test_guest_that_never_releases_a_virtio_blk_disk(driver: LibvirtDriver, guest: str,
