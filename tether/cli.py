@@ -303,10 +303,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a clean message for operators; tracebacks go to the log
         from tether.client import ApiClientError
+        from tether.exceptions import TetherError
+        from tether.virt.driver import VirtError
+        from tether.volume.targets.base import TargetError
 
-        if isinstance(exc, ApiClientError):
+        if isinstance(exc, ApiClientError | TetherError):
             print(f"tether: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, TargetError):
+            print(f"tether: the iSCSI target is not usable ({exc}); is tgtd running? "
+                  "(`tgtd`, or `tether demo`, which starts it)", file=sys.stderr)
+            return 1
+        if isinstance(exc, VirtError):
+            print(f"tether: libvirt is not usable ({exc}); are virtlogd and libvirtd "
+                  "running?", file=sys.stderr)
+            return 1
+        LOG.exception("tether %s failed", args.command)
         raise
     return rc
 

@@ -90,3 +90,16 @@ def test_errors_are_one_clear_line(running: list[str],
 def test_missing_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
     assert main(["--config-file", str(tmp_path / "nope.conf"), "volume", "list"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_without_tgtd_says_what_to_start(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Any) -> None:
+    conf = tmp_path / "tether.conf"
+    # a control port no tgtd listens on
+    conf.write_text(f"[DEFAULT]\ntransport_url = tether-inproc://{uuid.uuid4().hex}\n"
+                    "[volume]\ntgt_control_port = 32767\n"
+                    f"[api]\ncompute_port = {_free_port()}\nvolume_port = {_free_port()}\n")
+    rc = main(["--config-file", str(conf), "--state-dir", str(tmp_path), "serve"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "is tgtd running?" in err
