@@ -35,6 +35,7 @@ from tether.exceptions import (
     ServerNotFound,
     ServiceUnavailable,
     VolumeNotAttached,
+    VolumeNotFound,
 )
 from tether.operations import Operations
 from tether.states import server as srv_states
@@ -236,7 +237,7 @@ class ComputeAPI:
     def _volume(self, ctx: RequestContext, volume_id: str) -> VolumeRef:
         vol = self.volumes.get_volume(volume_id)
         if not policy.allowed(ctx, "volume:get", vol.project_id):
-            raise InvalidVolume(f"Volume {volume_id} could not be found.")
+            raise VolumeNotFound(volume_id)  # another project's volume does not exist for you
         return vol
 
     def attach_volume(self, ctx: RequestContext, server_id: str, volume_id: str,

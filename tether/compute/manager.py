@@ -134,27 +134,41 @@ class ComputeManager:
         and deleted when its BDM says delete_on_termination."""
         action = self._action(ctx, instance_uuid, action_id)
         with self._locked(instance_uuid):
-            with self.ops.step(action, "destroy_guest"):
-                self.virt.destroy(instance_uuid)
-                self.images.remove(instance_uuid)
+            try:
+                with self.ops.step(action, "destroy_guest"):
+                    self.virt.destroy(instance_uuid)
+                    self.images.remove(instance_uuid)
+            except Exception:
+                LOG.exception("deleting instance %s: the guest could not be destroyed",
+                              instance_uuid)
+                self._set_state(instance_uuid, srv_states.ERROR, None)
+                self.ops.finish_action(action, "Error")
+                return
             with self.db.session() as s:
                 bdms = list(s.scalars(select(models.BlockDeviceMapping).where(
                     models.BlockDeviceMapping.instance_uuid == instance_uuid,
                     models.BlockDeviceMapping.deleted.is_(False))).all())
                 for b in bdms:
                     s.expunge(b)
+            failed = 0
             for bdm in bdms:
                 if bdm.volume_id is None:
                     continue
-                with self.ops.step(action, f"detach_volume:{bdm.volume_id}"):
-                    self._cleanup_volume(bdm)
+                try:  # the guest is gone: each volume is cleaned on its own
+                    with self.ops.step(action, f"detach_volume:{bdm.volume_id}"):
+                        self._cleanup_volume(bdm)
+                except Exception:
+                    failed += 1
+                    LOG.exception("deleting instance %s: volume %s could not be cleaned up; "
+                                  "its attachment stays for an operator", instance_uuid,
+                                  bdm.volume_id)
             with self.db.session() as s:
                 inst = s.get(models.Instance, instance_uuid)
                 if inst is not None:
                     inst.vm_state, inst.task_state = srv_states.DELETED, None
                     inst.deleted, inst.deleted_at = True, models.utcnow()
                     inst.power_state = srv_states.POWER_NOSTATE
-            self.ops.finish_action(action)
+            self.ops.finish_action(action, "Error" if failed else None)
 
     def _cleanup_volume(self, bdm: models.BlockDeviceMapping) -> None:
         assert bdm.volume_id is not None
