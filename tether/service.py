@@ -39,6 +39,7 @@ from tether.db import migrate, models
 from tether.db.api import Database
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
+from tether.notifications import Notifier
 from tether.rpc import COMPUTE_TOPIC, VOLUME_TOPIC, Rpc
 from tether.virt.driver import VirtDriver
 from tether.volume.api import VolumeAPI
@@ -274,8 +275,9 @@ class ComputeService:
                               conf.compute.device_detach_attempts)
         images = LocalImages(config.images_dir(conf), config.instances_dir(conf),
                              ProcessRunner())
+        self.notifier = Notifier(conf, f"compute.{conf.host}")
         self.manager = ComputeManager(db, self.virt, self.connector, self.volumes, conf.host,
-                                      policy, images)
+                                      policy, images, self.notifier.emit)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
 
@@ -289,6 +291,7 @@ class ComputeService:
     def stop(self) -> None:
         self.heartbeat.stop()
         self.volumes.close()
+        self.notifier.close()
 
 
 class ApiService:

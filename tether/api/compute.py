@@ -203,6 +203,19 @@ class VolumeAttachment(_Base):
         wsgi.reply(resp, 202)
 
 
+class DeviceMetadata(_Base):
+    """``GET /servers/{id}/device-metadata``: the tagged devices of a server, in
+    the shape of Nova's metadata service ``devices`` list (what a guest would
+    read there); a device leaves with its detach."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
+        bdms = self.api.list_volume_attachments(wsgi.caller(req), _server_id(server_id))
+        wsgi.reply(resp, 200, {"devices": [
+            {"type": "disk", "bus": b.disk_bus or "scsi", "serial": b.volume_id,
+             "path": b.device_name, "tags": [b.tag]}
+            for b in bdms if b.tag]})
+
+
 class InstanceActions(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
         rows = self.api.list_actions(wsgi.caller(req), _server_id(server_id))
@@ -236,6 +249,7 @@ def create_app(api: ComputeAPI, auth: Authenticator) -> WsgiApp:
     app.add_route("/v2.1/servers/{server_id}/os-volume_attachments", VolumeAttachments(api))
     app.add_route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}",
                   VolumeAttachment(api))
+    app.add_route("/v2.1/servers/{server_id}/device-metadata", DeviceMetadata(api))
     app.add_route("/v2.1/servers/{server_id}/os-instance-actions", InstanceActions(api))
     app.add_route("/v2.1/servers/{server_id}/os-instance-actions/{request_id}",
                   InstanceAction(api))

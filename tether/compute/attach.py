@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from tether.compute.detach import Notify
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo
 from tether.connectors.base import VolumeConnector
@@ -30,7 +31,9 @@ LOG = logging.getLogger(__name__)
 
 class AttachFlow:
     def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
-                 volumes: VolumeClient, ops: Operations, rollback_timeout: float = 10.0) -> None:
+                 volumes: VolumeClient, ops: Operations, notify: Notify,
+                 rollback_timeout: float = 10.0) -> None:
+        self.notify = notify
         self.db = db
         self.virt = virt_driver
         self.connector = connector
@@ -49,6 +52,9 @@ class AttachFlow:
             self.ops.finish_action(action, "Error")
             return False
         volume_id, attachment_id = bdm.volume_id, bdm.attachment_id
+        payload = {"volume_id": volume_id, "server_id": instance_uuid,
+                   "attachment_id": attachment_id, "request_id": action.request_id}
+        self.notify(ctx, "volume.attach.start", payload, False)
         undo: list[Callable[[], None]] = []
         try:
             with self.ops.step(action, "a1.1:attachment_update"):
@@ -72,12 +78,14 @@ class AttachFlow:
                           volume_id, instance_uuid)
             self._roll_back(undo, attachment_id, bdm.id)
             self.ops.finish_action(action, "Error")
+            self.notify(ctx, "volume.attach.error", payload, True)
             return False
         with self.db.session() as s:
             row = s.get(models.BlockDeviceMapping, bdm.id)
             if row is not None:
                 row.connection_info = _without_secret(info)
         self.ops.finish_action(action)
+        self.notify(ctx, "volume.attach.end", payload, False)
         LOG.info("volume %s attached to instance %s as %s", volume_id, instance_uuid,
                  bdm.device_name)
         return True

@@ -15,7 +15,9 @@ idempotent, so a detach interrupted by a crash is simply run again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -29,6 +31,8 @@ from tether.operations import ActionRef, Operations
 from tether.virt import driver as virt
 
 LOG = logging.getLogger(__name__)
+# (context, event type, payload, is_error): see tether.notifications
+Notify = Callable[[RequestContext, str, dict[str, Any], bool], None]
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,8 @@ class DetachPolicy:
 class DetachFlow:
     def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
                  volumes: VolumeClient, ops: Operations, host: str,
-                 policy: DetachPolicy) -> None:
+                 policy: DetachPolicy, notify: Notify) -> None:
+        self.notify = notify
         self.db = db
         self.virt = virt_driver
         self.connector = connector
@@ -67,6 +72,9 @@ class DetachFlow:
             self.ops.finish_action(action)
             return True
         info = _connection_info(bdm)
+        payload = {"volume_id": volume_id, "server_id": instance_uuid,
+                   "attachment_id": attachment_id, "request_id": action.request_id}
+        self.notify(ctx, "volume.detach.start", payload, False)
         try:
             if inst.host == self.host:
                 with self.ops.step(action, "s1.1:driver_detach"):
@@ -91,8 +99,10 @@ class DetachFlow:
                     raise
         except Exception as exc:
             self._roll_back(volume_id, action, exc)
+            self.notify(ctx, "volume.detach.error", payload | {"error": str(exc)}, True)
             return False
         self.ops.finish_action(action)
+        self.notify(ctx, "volume.detach.end", payload, False)
         LOG.info("volume %s detached from instance %s", volume_id, instance_uuid)
         return True
 

@@ -18,7 +18,7 @@ import oslo_messaging as messaging
 from sqlalchemy import select
 
 from tether.compute.attach import AttachFlow
-from tether.compute.detach import DetachFlow, DetachPolicy
+from tether.compute.detach import DetachFlow, DetachPolicy, Notify
 from tether.compute.images import LocalImages
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo
@@ -42,7 +42,8 @@ _POWER = {virt.PowerState.RUNNING: srv_states.POWER_RUNNING,
 class ComputeManager:
     def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
                  volumes: VolumeClient, host: str, policy: DetachPolicy,
-                 images: LocalImages, domain_prefix: str = "tether-") -> None:
+                 images: LocalImages, notify: Notify,
+                 domain_prefix: str = "tether-") -> None:
         self.db = db
         self.images = images
         self.virt = virt_driver
@@ -51,8 +52,9 @@ class ComputeManager:
         self.host = host
         self.domain_prefix = domain_prefix
         self.ops = Operations(db, host)
-        self.detach = DetachFlow(db, virt_driver, connector, volumes, self.ops, host, policy)
-        self.attach = AttachFlow(db, virt_driver, connector, volumes, self.ops)
+        self.detach = DetachFlow(db, virt_driver, connector, volumes, self.ops, host, policy,
+                                 notify)
+        self.attach = AttachFlow(db, virt_driver, connector, volumes, self.ops, notify)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
 

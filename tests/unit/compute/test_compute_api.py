@@ -380,3 +380,17 @@ def test_delete_server_goes_on_when_a_volume_cannot_be_cleaned(tether: Tether) -
         assert row.finish_time is not None and row.message == "Error"
     # the volume keeps its attachment for an operator to look at, it is not lost
     assert _status(cinder, vid) == "in-use"
+
+
+def test_tagged_device_appears_in_device_metadata_until_detached(tether: Tether) -> None:
+    nova, _, sid, vid = _setup(tether)
+    plain = tether.create_volume(tether.api())["id"]
+    _attach(tether, nova, sid, vid, tag="database")
+    _attach(tether, nova, sid, plain)
+    devices = nova.get(f"/v2.1/servers/{sid}/device-metadata").json["devices"]
+    assert devices == [{"type": "disk", "bus": "scsi", "serial": vid, "path": "/dev/sdb",
+                        "tags": ["database"]}]
+    nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
+    tether.wait_action(nova, sid, "detach_volume")
+    assert nova.get(f"/v2.1/servers/{sid}/device-metadata").json["devices"] == []
+    assert tether.nova("bob:p2").get(f"/v2.1/servers/{sid}/device-metadata").status_code == 404
