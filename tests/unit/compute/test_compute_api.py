@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Api, Tether, wait_for
+from tether.context import RequestContext
 from tether.db import models
 from tether.operations import ATTACH_STEPS, DETACH_STEPS
 from tether.virt.driver import disk_alias
@@ -394,3 +395,26 @@ def test_tagged_device_appears_in_device_metadata_until_detached(tether: Tether)
     tether.wait_action(nova, sid, "detach_volume")
     assert nova.get(f"/v2.1/servers/{sid}/device-metadata").json["devices"] == []
     assert tether.nova("bob:p2").get(f"/v2.1/servers/{sid}/device-metadata").status_code == 404
+
+
+def test_server_registered_elsewhere_skips_driver_detach_but_cleans_storage(
+        tether: Tether, caplog: pytest.LogCaptureFixture) -> None:
+    """The cast reached this host, but the server now belongs to another one
+    (evacuated meanwhile): no guest work here, the storage side is cleaned."""
+    nova, cinder, sid, vid = _setup(tether)
+    _attach(tether, nova, sid, vid)
+    tether.api("admin:p1").post(f"/v3/volumes/{vid}/action", {"os-begin_detaching": {}})
+    with tether.db.session() as s:
+        inst = s.get(models.Instance, sid)
+        assert inst is not None
+        inst.host = "elsewhere"
+        bdm = s.query(models.BlockDeviceMapping).filter_by(volume_id=vid).one()
+        attachment_id = bdm.attachment_id
+    ctx = RequestContext("alice", "p1")
+    manager = tether.embedded.compute.manager
+    action = manager.ops.start_action(ctx, sid, "detach_volume", vid)
+    assert manager.detach.run(ctx, sid, vid, attachment_id, action)
+    assert "the instance is registered to host elsewhere" in caplog.text
+    assert disk_alias(vid) in {d.alias for d in _virt(tether).list_disks(sid)}  # untouched
+    assert _status(cinder, vid) == "available"
+    assert vid not in tether.target.exports()
