@@ -22,6 +22,10 @@ default_opts = [
     cfg.StrOpt("host", default=socket.gethostname(),
                help="Name of this host as the services register it."),
     cfg.StrOpt("log_file", help="Log file; default <state_dir>/tether.log."),
+    cfg.StrOpt("lock_path",
+               help="Directory of host-wide lock files (shared iSCSI targets); every "
+                    "Tether service on a host must use the same one. Default "
+                    "<state_dir>/locks."),
     cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
 ]
 
@@ -143,6 +147,12 @@ def database_url(conf: cfg.ConfigOpts) -> str:
 def volumes_dir(conf: cfg.ConfigOpts) -> str:
     path: str | None = conf.volume.volumes_dir
     return path or os.path.join(conf.state_dir, "volumes")
+
+
+def lock_dir(conf: cfg.ConfigOpts) -> str:
+    """Host-wide lock files (shared iSCSI targets); shared by every service here."""
+    path: str | None = conf.lock_path
+    return path or os.path.join(conf.state_dir, "locks")
 
 
 def images_dir(conf: cfg.ConfigOpts) -> str:

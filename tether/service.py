@@ -29,6 +29,7 @@ from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
 from tether.compute.detach import DetachPolicy
 from tether.compute.images import LocalImages
+from tether.compute.locks import HostLocks
 from tether.compute.manager import ComputeEndpoint, ComputeManager
 from tether.compute.rpcapi import ComputeRpcApi
 from tether.compute.volume_client import VolumeClient
@@ -277,7 +278,8 @@ class ComputeService:
                              ProcessRunner())
         self.notifier = Notifier(conf, f"compute.{conf.host}")
         self.manager = ComputeManager(db, self.virt, self.connector, self.volumes, conf.host,
-                                      policy, images, self.notifier.emit)
+                                      policy, images, self.notifier.emit,
+                                      HostLocks(config.lock_dir(conf)))
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
 

@@ -273,7 +273,8 @@ class ComputeAPI:
             action = self.ops.start_action(ctx, server_id, "attach_volume", volume_id)
             with self.ops.step(action, "a1:compute_api"):
                 pass
-            self.rpcapi.attach_volume(ctx, host, server_id, bdm.uuid, action.id)
+            self.rpcapi.attach_volume(ctx, host, server_id, bdm.uuid, action.id,
+                                      _shared_target(vol))
         except Exception:
             self.volumes.attachment_delete(attachment.id)
             with self.db.session() as s:
@@ -314,7 +315,7 @@ class ComputeAPI:
                 f"Cannot 'detach_volume' instance {server_id} while it is in vm_state "
                 f"{inst.vm_state}: detaching from a shelved server needs microversion 2.20 "
                 "or later.")
-        self._volume(ctx, volume_id)  # 404 when the volume does not exist
+        vol = self._volume(ctx, volume_id)  # 404 when the volume does not exist
         with self.db.session() as s:
             bdm = self._bdm(s, server_id, volume_id)
             if bdm is None:
@@ -331,7 +332,7 @@ class ComputeAPI:
         try:
             with self.ops.step(action, "s1:compute_api", started=started):
                 self.rpcapi.detach_volume(ctx, host, server_id, volume_id, attachment_id,
-                                          action.id)
+                                          action.id, _shared_target(vol))
         except Exception:
             self.volumes.roll_detaching(volume_id)
             self.ops.finish_action(action, "Error")
@@ -365,6 +366,11 @@ class ComputeAPI:
             for e in events:
                 s.expunge(e)
             return ActionView(action, events)
+
+
+def _shared_target(vol: VolumeRef) -> str | None:
+    """The host-wide lock name for volumes whose backend shares targets."""
+    return vol.service_uuid if vol.shared_targets and vol.service_uuid else None
 
 
 def heartbeat_cutoff(down_after: float) -> dt.datetime:

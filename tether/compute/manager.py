@@ -17,9 +17,11 @@ from contextlib import contextmanager
 import oslo_messaging as messaging
 from sqlalchemy import select
 
+from tether.compute import locks
 from tether.compute.attach import AttachFlow
 from tether.compute.detach import DetachFlow, DetachPolicy, Notify
 from tether.compute.images import LocalImages
+from tether.compute.locks import HostLocks
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo
 from tether.connectors.base import VolumeConnector
@@ -42,9 +44,10 @@ _POWER = {virt.PowerState.RUNNING: srv_states.POWER_RUNNING,
 class ComputeManager:
     def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
                  volumes: VolumeClient, host: str, policy: DetachPolicy,
-                 images: LocalImages, notify: Notify,
+                 images: LocalImages, notify: Notify, host_locks: HostLocks,
                  domain_prefix: str = "tether-") -> None:
         self.db = db
+        self.host_locks = host_locks
         self.images = images
         self.virt = virt_driver
         self.connector = connector
@@ -189,14 +192,15 @@ class ComputeManager:
     # -- volumes -------------------------------------------------------------
 
     def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
-                      action_id: int) -> None:
-        with self._locked(instance_uuid):
+                      action_id: int, shared_target: str | None = None) -> None:
+        with self._locked(instance_uuid), locks.maybe(self.host_locks, shared_target):
             self.attach.run(ctx, instance_uuid, bdm_uuid,
                             self._action(ctx, instance_uuid, action_id))
 
     def detach_volume(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
-                      attachment_id: str | None, action_id: int) -> None:
-        with self._locked(instance_uuid):
+                      attachment_id: str | None, action_id: int,
+                      shared_target: str | None = None) -> None:
+        with self._locked(instance_uuid), locks.maybe(self.host_locks, shared_target):
             self.detach.run(ctx, instance_uuid, volume_id, attachment_id,
                             self._action(ctx, instance_uuid, action_id))
 
@@ -254,9 +258,11 @@ class ComputeEndpoint:
         self.m.power_action(ctx, instance_uuid, event, action_id)
 
     def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
-                      action_id: int) -> None:
-        self.m.attach_volume(ctx, instance_uuid, bdm_uuid, action_id)
+                      action_id: int, shared_target: str | None = None) -> None:
+        self.m.attach_volume(ctx, instance_uuid, bdm_uuid, action_id, shared_target)
 
     def detach_volume(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
-                      attachment_id: str | None, action_id: int) -> None:
-        self.m.detach_volume(ctx, instance_uuid, volume_id, attachment_id, action_id)
+                      attachment_id: str | None, action_id: int,
+                      shared_target: str | None = None) -> None:
+        self.m.detach_volume(ctx, instance_uuid, volume_id, attachment_id, action_id,
+                             shared_target)

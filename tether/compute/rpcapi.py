@@ -31,11 +31,15 @@ class ComputeRpcApi:
                    action_id=action_id)
 
     def attach_volume(self, ctx: RequestContext, host: str, instance_uuid: str,
-                      bdm_uuid: str, action_id: int) -> None:
+                      bdm_uuid: str, action_id: int, shared_target: str | None) -> None:
+        """``shared_target``: the backend's service uuid when its volumes share
+        iSCSI targets (the host side then runs under that host-wide lock)."""
         self._cast(ctx, host, "attach_volume", instance_uuid=instance_uuid, bdm_uuid=bdm_uuid,
-                   action_id=action_id)
+                   action_id=action_id, shared_target=shared_target)
 
     def detach_volume(self, ctx: RequestContext, host: str, instance_uuid: str,
-                      volume_id: str, attachment_id: str | None, action_id: int) -> None:
+                      volume_id: str, attachment_id: str | None, action_id: int,
+                      shared_target: str | None) -> None:
         self._cast(ctx, host, "detach_volume", instance_uuid=instance_uuid,
-                   volume_id=volume_id, attachment_id=attachment_id, action_id=action_id)
+                   volume_id=volume_id, attachment_id=attachment_id, action_id=action_id,
+                   shared_target=shared_target)
