@@ -93,3 +93,34 @@ def test_guest_runs_the_image_and_takes_volumes(tether: Tether) -> None:
         wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").status_code == 404, 30,
                  "server deleted")
     assert not os.path.exists(os.path.join(tether.shared, "instances", sid))  # type: ignore[attr-defined]
+
+
+def test_guest_boots_from_a_volume(tether: Tether) -> None:
+    """The boot sector written into a volume: QEMU reads it over iSCSI and runs it."""
+    nova, cinder = tether.nova(), tether.api()
+    vid = tether.create_volume(cinder)["id"]
+    with open(tether.embedded.volume.manager.backend.path(vid), "r+b") as f:
+        f.write(boot_sector())
+    res = nova.post("/v2.1/servers", {"server": {
+        "name": "bfv", "flavorRef": "1", "block_device_mapping_v2": [
+            {"boot_index": 0, "uuid": vid, "source_type": "volume",
+             "destination_type": "volume"}]}})
+    assert res.status_code == 202, res.text
+    sid = res.json["server"]["id"]
+    try:
+        wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").json["server"]["status"] ==
+                 "ACTIVE", 30, "server ACTIVE")
+        console = Path(tether.shared, "instances", sid, "console.log")  # type: ignore[attr-defined]
+        wait_for(lambda: console.exists() and MARKER in console.read_bytes(), 30,
+                 "the volume's boot sector on the serial console")
+        assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "in-use"
+        assert tether.target.sessions(vid)  # QEMU reads its boot disk over iSCSI
+        res = nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
+        assert res.status_code == 400
+    finally:
+        nova.delete(f"/v2.1/servers/{sid}")
+        wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").status_code == 404, 30,
+                 "server deleted")
+    wait_for(lambda: cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] ==
+             "available", 30, "boot volume released")
+    assert vid not in tether.target.exports()

@@ -17,7 +17,7 @@ from tether.api.auth import Authenticator
 from tether.api.versions import COMPUTE
 from tether.api.wsgi import WsgiApp
 from tether.compute import flavors
-from tether.compute.api import ComputeAPI
+from tether.compute.api import ComputeAPI, RootVolume
 from tether.compute.images import valid_image_ref
 from tether.exceptions import FlavorNotFound, ServerNotFound
 from tether.policy import allowed, authorize
@@ -99,13 +99,34 @@ class Servers(_Base):
             raise errors.bad_request(f"Invalid imageRef {image!r}: name a file in the compute "
                                      "host's images directory (no path), or leave it out for "
                                      "a guest without an OS.")
-        if data.get("block_device_mapping_v2"):
-            raise errors.bad_request("block_device_mapping_v2 is not supported yet.")
-        inst = self.api.create_server(wsgi.caller(req), name.strip(), str(flavor), image)
+        root = _root_volume(data.get("block_device_mapping_v2"))
+        if root is not None and image is not None:
+            raise errors.bad_request("Give either imageRef or a boot volume "
+                                     "(block_device_mapping_v2 boot_index 0), not both.")
+        inst = self.api.create_server(wsgi.caller(req), name.strip(), str(flavor), image, root)
         body = views.server_summary(inst, wsgi.base_url(req))
         body.update({"OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
                      "adminPass": secrets.token_urlsafe(9)})
         wsgi.reply(resp, 202, {"server": body})
+
+
+def _root_volume(bdms: Any) -> RootVolume | None:
+    """The one mapping Tether boots from: a volume at boot index 0."""
+    if not bdms:
+        return None
+    if not isinstance(bdms, list) or len(bdms) != 1 or not isinstance(bdms[0], dict):
+        raise errors.bad_request("block_device_mapping_v2: give exactly one mapping, the boot "
+                                 "volume; attach others with os-volume_attachments.")
+    bdm = bdms[0]
+    if (str(bdm.get("boot_index")) != "0" or bdm.get("source_type") != "volume"
+            or bdm.get("destination_type", "volume") != "volume"):
+        raise errors.bad_request("block_device_mapping_v2: only a volume at boot_index 0 "
+                                 "(source_type and destination_type 'volume') is supported.")
+    dot = bdm.get("delete_on_termination", False)
+    if not isinstance(dot, bool):
+        raise errors.bad_request("block_device_mapping_v2: delete_on_termination must be a "
+                                 "boolean.")
+    return RootVolume(_uuid(bdm.get("uuid"), "block_device_mapping_v2.uuid"), dot)
 
 
 def _all_projects(req: falcon.Request) -> bool:

@@ -48,6 +48,14 @@ LiveHosts = Callable[[], list[str]]
 
 
 @dataclass(frozen=True)
+class RootVolume:
+    """``block_device_mapping_v2`` boot index 0: boot from this volume."""
+
+    volume_id: str
+    delete_on_termination: bool = False
+
+
+@dataclass(frozen=True)
 class ActionView:
     action: models.InstanceAction
     events: list[models.InstanceActionEvent]
@@ -114,12 +122,17 @@ class ComputeAPI:
     # -- servers -------------------------------------------------------------
 
     def create_server(self, ctx: RequestContext, name: str, flavor_ref: str,
-                      image_ref: str | None = None) -> models.Instance:
+                      image_ref: str | None = None,
+                      root_volume: RootVolume | None = None) -> models.Instance:
+        """A server with no OS, booting a local image, or booting a volume
+        (which is reserved here and attached by the host as the boot disk)."""
         policy.authorize(ctx, "server:create")
         flavor = flavors.find(flavor_ref)
         if flavor is None:
             raise FlavorNotFound(flavor_ref)
         host = self._pick_host()
+        if root_volume is not None:
+            self._volume(ctx, root_volume.volume_id)  # 404 for unknown / others' volumes
         inst = models.Instance(
             uuid=str(uuid.uuid4()), name=name, project_id=ctx.project_id, user_id=ctx.user_id,
             host=host, flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram,
@@ -128,6 +141,23 @@ class ComputeAPI:
             created_at=models.utcnow(), deleted=False)
         with self.db.session() as s:
             s.add(inst)
+        if root_volume is not None:
+            try:
+                attachment = self.volumes.attachment_create(root_volume.volume_id, inst.uuid)
+            except Exception:
+                with self.db.session() as s:
+                    row = s.get(models.Instance, inst.uuid)
+                    if row is not None:
+                        s.delete(row)
+                raise
+            with self.db.session() as s:
+                s.add(models.BlockDeviceMapping(
+                    uuid=str(uuid.uuid4()), instance_uuid=inst.uuid,
+                    volume_id=root_volume.volume_id, attachment_id=attachment.id,
+                    device_name="/dev/vda", disk_bus="virtio", boot_index=0,
+                    source_type="volume", destination_type="volume",
+                    delete_on_termination=root_volume.delete_on_termination,
+                    created_at=models.utcnow(), deleted=False))
         action = self.ops.start_action(ctx, inst.uuid, "create")
         self.rpcapi.build_instance(ctx, host, inst.uuid, action.id)
         return inst

@@ -36,6 +36,8 @@ class LocalImages:
         return os.path.join(self.instances_dir, server_uuid)
 
     def console_log(self, server_uuid: str) -> str:
+        """Where the guest's serial console goes (its folder made if needed)."""
+        os.makedirs(self.instance_dir(server_uuid), mode=0o711, exist_ok=True)
         return os.path.join(self.instance_dir(server_uuid), "console.log")
 
     def prepare_root_disk(self, server_uuid: str, image_ref: str) -> str:

@@ -83,14 +83,20 @@ class ComputeManager:
                 image_ref = inst.image_ref
                 spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
                                        vcpus=inst.vcpus, memory_mib=inst.memory_mb)
+            root = self._root_bdm(instance_uuid)
             try:
                 if image_ref:
                     with self.ops.step(action, "prepare_root_disk"):
                         spec = dataclasses.replace(
                             spec, root_disk=self.images.prepare_root_disk(inst.uuid, image_ref),
                             console_log=self.images.console_log(inst.uuid))
+                if root is not None:
+                    spec = self._connect_root_volume(action, spec, root)
                 with self.ops.step(action, "spawn"):
                     self.virt.spawn(spec)
+                if root is not None and root.attachment_id:
+                    with self.ops.step(action, "root_volume_attachment_complete"):
+                        self.volumes.attachment_complete(root.attachment_id)
             except Exception:
                 LOG.exception("building instance %s failed", instance_uuid)
                 self._set_state(instance_uuid, srv_states.ERROR, None)
@@ -98,6 +104,33 @@ class ComputeManager:
                 return
             self._set_state(instance_uuid, srv_states.ACTIVE, None)
             self.ops.finish_action(action)
+
+    def _root_bdm(self, instance_uuid: str) -> models.BlockDeviceMapping | None:
+        with self.db.session() as s:
+            bdm = s.scalars(select(models.BlockDeviceMapping).where(
+                models.BlockDeviceMapping.instance_uuid == instance_uuid,
+                models.BlockDeviceMapping.boot_index == 0,
+                models.BlockDeviceMapping.deleted.is_(False))).first()
+            if bdm is not None:
+                s.expunge(bdm)
+            return bdm
+
+    def _connect_root_volume(self, action: ActionRef, spec: virt.ServerSpec,
+                             bdm: models.BlockDeviceMapping) -> virt.ServerSpec:
+        """Export the boot volume to this host and hand it to the guest as vda."""
+        assert bdm.volume_id is not None and bdm.attachment_id is not None
+        with self.ops.step(action, "root_volume_connect"):
+            info = self.volumes.attachment_update(bdm.attachment_id,
+                                                  self.connector.properties()).connection_info
+            assert info is not None
+            source = self.connector.connect(info)
+            with self.db.session() as s:
+                row = s.get(models.BlockDeviceMapping, bdm.id)
+                if row is not None:
+                    row.connection_info = info.to_dict(with_secret=False)
+        return dataclasses.replace(
+            spec, root_volume=virt.DiskSpec(bdm.volume_id, "vda", "virtio", source),
+            console_log=self.images.console_log(spec.uuid))
 
     def _set_state(self, instance_uuid: str, vm_state: str, task_state: str | None) -> None:
         with self.db.session() as s:

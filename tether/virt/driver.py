@@ -91,6 +91,7 @@ class ServerSpec:
     vcpus: int
     memory_mib: int
     root_disk: str | None = None  # qcow2 file the guest boots from (an OS image's overlay)
+    root_volume: DiskSpec | None = None  # a volume the guest boots from
     kernel: str | None = None  # direct kernel boot (a real Linux guest)
     initrd: str | None = None
     cmdline: str | None = None
@@ -99,7 +100,7 @@ class ServerSpec:
 
     @property
     def boots_os(self) -> bool:
-        return bool(self.root_disk or self.kernel)
+        return bool(self.root_disk or self.kernel or self.root_volume)
 
 
 class VirtError(Exception):

@@ -44,7 +44,10 @@ class FakeDriver:
 
     def spawn(self, spec: ServerSpec) -> None:
         with self._lock:
-            self.guests.setdefault(spec.uuid, FakeGuest(spec))
+            guest = self.guests.setdefault(spec.uuid, FakeGuest(spec))
+            if spec.root_volume is not None:
+                guest.persistent[spec.root_volume.volume_id] = spec.root_volume
+                guest.live[spec.root_volume.volume_id] = spec.root_volume
 
     def destroy(self, server_uuid: str) -> None:
         with self._lock:

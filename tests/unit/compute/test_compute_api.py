@@ -418,3 +418,49 @@ def test_server_registered_elsewhere_skips_driver_detach_but_cleans_storage(
     assert disk_alias(vid) in {d.alias for d in _virt(tether).list_disks(sid)}  # untouched
     assert _status(cinder, vid) == "available"
     assert vid not in tether.target.exports()
+
+
+def _boot_from_volume(nova: Api, vid: str, **extra: Any) -> Any:
+    return nova.post("/v2.1/servers", {"server": {
+        "name": "bfv", "flavorRef": "1", "block_device_mapping_v2": [
+            {"boot_index": 0, "uuid": vid, "source_type": "volume",
+             "destination_type": "volume", **extra}]}})
+
+
+def test_boot_from_volume_and_its_root_cannot_be_detached(tether: Tether) -> None:
+    nova, cinder = tether.nova(), tether.api()
+    vid = tether.create_volume(cinder)["id"]
+    res = _boot_from_volume(nova, vid, delete_on_termination=True)
+    assert res.status_code == 202, res.text
+    sid = res.json["server"]["id"]
+    wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").json["server"]["status"] == "ACTIVE")
+    assert _status(cinder, vid) == "in-use"
+    guest = _virt(tether).guests[sid]
+    assert guest.spec.root_volume is not None and guest.spec.root_volume.volume_id == vid
+    res = nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
+    assert res.status_code == 400
+    assert res.json["badRequest"]["message"] == "Cannot detach a root device volume."
+    assert _status(cinder, vid) == "in-use"
+    nova.delete(f"/v2.1/servers/{sid}")
+    wait_for(lambda: cinder.get(f"/v3/volumes/{vid}").status_code == 404,
+             what="root volume deleted with its server")
+
+
+@pytest.mark.parametrize(("extra", "status"), [
+    ({"boot_index": 1}, 400), ({"source_type": "image"}, 400),
+    ({"delete_on_termination": "yes"}, 400), ({"uuid": "nope"}, 400),
+    ({"uuid": str(uuid.uuid4())}, 404),
+])
+def test_boot_from_volume_errors(tether: Tether, extra: dict[str, Any], status: int) -> None:
+    nova = tether.nova()
+    vid = tether.create_volume(tether.api())["id"]
+    assert _boot_from_volume(nova, vid, **extra).status_code == status
+
+
+def test_boot_volume_in_use_is_refused_and_leaves_no_server(tether: Tether) -> None:
+    nova, cinder, sid, vid = _setup(tether)
+    _attach(tether, nova, sid, vid)
+    before = len(nova.get("/v2.1/servers").json["servers"])
+    res = _boot_from_volume(nova, vid)
+    assert res.status_code == 400 and "in-use" in res.json["badRequest"]["message"]
+    assert len(nova.get("/v2.1/servers").json["servers"]) == before

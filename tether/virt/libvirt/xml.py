@@ -23,7 +23,9 @@ def domain_xml(spec: ServerSpec, virt_type: str) -> str:
     unless it boots a kernel directly."""
     boot = ""
     root = ""
-    if spec.root_disk:
+    if spec.root_volume:
+        root = disk_xml(spec.root_volume, boot_order=1)
+    elif spec.root_disk:
         boot = "<boot dev='hd'/>"
         root = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
                 f"<source file={quoteattr(spec.root_disk)}/>"
@@ -57,12 +59,13 @@ def domain_xml(spec: ServerSpec, virt_type: str) -> str:
 </domain>"""
 
 
-def disk_xml(disk: DiskSpec) -> str:
+def disk_xml(disk: DiskSpec, boot_order: int | None = None) -> str:
     src = disk.source
     driver = f"<driver name='qemu' type='raw' cache={quoteattr(disk.cache)}/>"
     target = f"<target dev={quoteattr(disk.target_dev)} bus={quoteattr(disk.bus)}/>"
+    boot = "" if boot_order is None else f"<boot order='{boot_order}'/>"
     tail = (f"{target}<serial>{escape(disk.volume_id)}</serial>"
-            f"<alias name={quoteattr(disk.alias)}/>")
+            f"<alias name={quoteattr(disk.alias)}/>{boot}")
     if isinstance(src, BlockDiskSource):
         return (f"<disk type='block' device='disk'>{driver}"
                 f"<source dev={quoteattr(src.path)}/>{tail}</disk>")
