@@ -458,7 +458,7 @@ def test_boot_from_volume_errors(tether: Tether, extra: dict[str, Any], status: 
 
 
 def test_boot_volume_in_use_is_refused_and_leaves_no_server(tether: Tether) -> None:
-    nova, cinder, sid, vid = _setup(tether)
+    nova, _cinder, sid, vid = _setup(tether)
     _attach(tether, nova, sid, vid)
     before = len(nova.get("/v2.1/servers").json["servers"])
     res = _boot_from_volume(nova, vid)
