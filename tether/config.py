@@ -91,6 +91,9 @@ compute_opts = [
                  help="Seconds to wait for the guest to release a disk, per attempt."),
     cfg.IntOpt("device_detach_attempts", default=8, min=1,
                help="Live detach attempts before DeviceDetachFailed."),
+    cfg.IntOpt("shelved_offload_time", default=0, min=-1,
+                help="After a shelve: 0 offloads at once (guest and host connections "
+                     "released), -1 never (until shelveOffload)."),
     cfg.IntOpt("service_down_time", default=60, min=1,
                help="Seconds without a heartbeat after which a compute service is down."),
 ]

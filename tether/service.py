@@ -279,7 +279,8 @@ class ComputeService:
         self.notifier = Notifier(conf, f"compute.{conf.host}")
         self.manager = ComputeManager(db, self.virt, self.connector, self.volumes, conf.host,
                                       policy, images, self.notifier.emit,
-                                      HostLocks(config.lock_dir(conf)))
+                                      HostLocks(config.lock_dir(conf)),
+                                      conf.compute.shelved_offload_time)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
 

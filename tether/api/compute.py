@@ -164,6 +164,10 @@ class ServerAction(_Base):
             self.api.power_action(ctx, sid, "start")
         elif name in ("lock", "unlock"):
             self.api.lock(ctx, sid, name == "lock")
+        elif name in ("shelve", "shelveOffload", "unshelve"):
+            event = {"shelve": "shelve", "shelveOffload": "shelve_offload",
+                     "unshelve": "unshelve"}[name]
+            self.api.shelve_action(ctx, sid, event)
         else:
             raise errors.bad_request(f"There is no such action: {name}.")
         wsgi.reply(resp, 202)

@@ -227,6 +227,24 @@ class ComputeAPI:
         action = self.ops.start_action(ctx, server_id, event)
         self.rpcapi.power_action(ctx, host, server_id, event, action.id)
 
+    def shelve_action(self, ctx: RequestContext, server_id: str, event: str) -> None:
+        """``shelve``, ``shelve_offload`` or ``unshelve`` (an offloaded server
+        is unshelved on the least busy live host)."""
+        with self.db.session() as s:
+            inst = self._server(s, ctx, server_id, f"server:{event}")
+            self._check_unlocked(ctx, inst)
+            self._check_state(inst, event)
+            if inst.task_state is not None:
+                raise InstanceInvalidState(f"Cannot '{event}' instance {server_id} while it "
+                                           f"is in task_state {inst.task_state}.")
+            if inst.host is None:
+                inst.host = self._pick_host()
+            host = self._check_host_up(inst)
+            inst.task_state = {"shelve": "shelving", "shelve_offload": "shelving_offloading",
+                               "unshelve": "unshelving"}[event]
+        action = self.ops.start_action(ctx, server_id, event)
+        self.rpcapi.shelve_action(ctx, host, server_id, event, action.id)
+
     def lock(self, ctx: RequestContext, server_id: str, locked: bool) -> None:
         with self.db.session() as s:
             inst = self._server(s, ctx, server_id, "server:lock" if locked else "server:unlock")
@@ -353,8 +371,12 @@ class ComputeAPI:
             if bdm.boot_index == 0:
                 raise InvalidVolume("Cannot detach a root device volume.")
             attachment_id = bdm.attachment_id
+            bdm_id = bdm.id
         self._check_unlocked(ctx, inst)
         self._check_state(inst, "detach_volume")
+        if inst.vm_state == srv_states.SHELVED_OFFLOADED:
+            self._detach_offloaded(ctx, server_id, volume_id, vol, attachment_id, bdm_id)
+            return
         host = self._check_host_up(inst)
         started = models.utcnow()
         self.volumes.begin_detaching(volume_id)  # in-use -> detaching, or 400
@@ -367,6 +389,24 @@ class ComputeAPI:
             self.volumes.roll_detaching(volume_id)
             self.ops.finish_action(action, "Error")
             raise
+
+    def _detach_offloaded(self, ctx: RequestContext, server_id: str, volume_id: str,
+                          vol: VolumeRef, attachment_id: str | None, bdm_id: int) -> None:
+        """s1 for a server without a host: no hypervisor work at all, the
+        storage side and the BDM only, here in the API."""
+        started = models.utcnow()
+        action = self.ops.start_action(ctx, server_id, "detach_volume", volume_id)
+        with self.ops.step(action, "s1:compute_api", started=started):
+            if vol.status == "in-use":
+                self.volumes.begin_detaching(volume_id)
+        with self.ops.step(action, "s1.2+s1.3:attachment_delete"):
+            if attachment_id is not None:
+                self.volumes.attachment_delete(attachment_id)
+            with self.db.session() as s:
+                row = s.get(models.BlockDeviceMapping, bdm_id)
+                if row is not None:
+                    row.deleted, row.deleted_at = True, models.utcnow()
+        self.ops.finish_action(action)
 
     # -- instance actions ----------------------------------------------------
 

@@ -22,6 +22,7 @@ from tether.compute.attach import AttachFlow
 from tether.compute.detach import DetachFlow, DetachPolicy, Notify
 from tether.compute.images import LocalImages
 from tether.compute.locks import HostLocks
+from tether.compute.shelve import ShelveFlow
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo
 from tether.connectors.base import VolumeConnector
@@ -45,8 +46,9 @@ class ComputeManager:
     def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
                  volumes: VolumeClient, host: str, policy: DetachPolicy,
                  images: LocalImages, notify: Notify, host_locks: HostLocks,
-                 domain_prefix: str = "tether-") -> None:
+                 shelved_offload_time: int = 0, domain_prefix: str = "tether-") -> None:
         self.db = db
+        self.shelved_offload_time = shelved_offload_time
         self.host_locks = host_locks
         self.images = images
         self.virt = virt_driver
@@ -58,6 +60,7 @@ class ComputeManager:
         self.detach = DetachFlow(db, virt_driver, connector, volumes, self.ops, host, policy,
                                  notify)
         self.attach = AttachFlow(db, virt_driver, connector, volumes, self.ops, notify)
+        self.shelving = ShelveFlow(db, virt_driver, connector, volumes, self.ops)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
 
@@ -142,6 +145,56 @@ class ComputeManager:
                 inst.power_state = _POWER[self.virt.power_state(instance_uuid)]
             except virt.InstanceNotFound:
                 inst.power_state = srv_states.POWER_NOSTATE
+
+    def shelve_action(self, ctx: RequestContext, instance_uuid: str, event: str,
+                      action_id: int) -> None:
+        action = self._action(ctx, instance_uuid, action_id)
+        with self._locked(instance_uuid):
+            try:
+                if event == "shelve":
+                    with self.ops.step(action, "power_off"):
+                        self.virt.power_off(instance_uuid)
+                    self._set_state(instance_uuid, srv_states.SHELVED, None)
+                    if self.shelved_offload_time == 0:
+                        event = "shelve_offload"
+                if event == "shelve_offload":
+                    self.shelving.offload(instance_uuid, action)
+                    with self.db.session() as s:
+                        inst = s.get(models.Instance, instance_uuid)
+                        if inst is not None:
+                            inst.host, inst.vm_state, inst.task_state = (
+                                None, srv_states.SHELVED_OFFLOADED, None)
+                            inst.power_state = srv_states.POWER_NOSTATE
+                elif event == "unshelve":
+                    self._unshelve(instance_uuid, action)
+            except Exception:
+                LOG.exception("%s of instance %s failed", event, instance_uuid)
+                self._set_state(instance_uuid, srv_states.ERROR, None)
+                self.ops.finish_action(action, "Error")
+                return
+            self.ops.finish_action(action)
+
+    def _unshelve(self, instance_uuid: str, action: ActionRef) -> None:
+        try:
+            self.virt.power_state(instance_uuid)
+        except virt.InstanceNotFound:  # offloaded: the guest comes back on this host
+            with self.db.session() as s:
+                inst = s.get(models.Instance, instance_uuid)
+                assert inst is not None
+                spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
+                                       vcpus=inst.vcpus, memory_mib=inst.memory_mb)
+            root = self._root_bdm(instance_uuid)
+            if root is not None:
+                spec = self._connect_root_volume(action, spec, root)
+            with self.ops.step(action, "spawn"):
+                self.virt.spawn(spec)
+            if root is not None and root.attachment_id:
+                self.volumes.attachment_complete(root.attachment_id)
+            self.shelving.reconnect(instance_uuid, action)
+        else:
+            with self.ops.step(action, "power_on"):
+                self.virt.power_on(instance_uuid)
+        self._set_state(instance_uuid, srv_states.ACTIVE, None)
 
     def power_action(self, ctx: RequestContext, instance_uuid: str, event: str,
                      action_id: int) -> None:
@@ -289,6 +342,10 @@ class ComputeEndpoint:
     def power_action(self, ctx: RequestContext, instance_uuid: str, event: str,
                      action_id: int) -> None:
         self.m.power_action(ctx, instance_uuid, event, action_id)
+
+    def shelve_action(self, ctx: RequestContext, instance_uuid: str, event: str,
+                      action_id: int) -> None:
+        self.m.shelve_action(ctx, instance_uuid, event, action_id)
 
     def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
                       action_id: int, shared_target: str | None = None) -> None:

@@ -30,6 +30,12 @@ class ComputeRpcApi:
         self._cast(ctx, host, "power_action", instance_uuid=instance_uuid, event=event,
                    action_id=action_id)
 
+    def shelve_action(self, ctx: RequestContext, host: str, instance_uuid: str, event: str,
+                      action_id: int) -> None:
+        """``shelve``, ``shelve_offload`` or ``unshelve``."""
+        self._cast(ctx, host, "shelve_action", instance_uuid=instance_uuid, event=event,
+                   action_id=action_id)
+
     def attach_volume(self, ctx: RequestContext, host: str, instance_uuid: str,
                       bdm_uuid: str, action_id: int, shared_target: str | None) -> None:
         """``shared_target``: the backend's service uuid when its volumes share

@@ -26,6 +26,9 @@ MACHINE = StateMachine("Volume", STATES, [
     # new flow (attachments API)
     t("reserve", [AVAILABLE], RESERVED),
     t("reserve_multiattach", [AVAILABLE, IN_USE], RESERVED),
+    # a server that already holds the volume takes a second attachment (shelve
+    # offload swaps its attachment for a connector-less one)
+    t("reserve_same_server", [IN_USE, RESERVED], RESERVED),
     t("attach_start", [RESERVED, ATTACHING], ATTACHING),
     t("attach_complete", [RESERVED, ATTACHING, IN_USE], IN_USE),
     # legacy flow (os-reserve / os-attach)

@@ -221,6 +221,10 @@ class VolumeAPI:
         with self.db.session() as s:
             vol = self._volume(s, ctx, volume_id, "attachment:create")
             event = "reserve_multiattach" if vol.multiattach else "reserve"
+            if (not vol.multiattach and instance_uuid is not None
+                    and vol.status != vol_states.AVAILABLE
+                    and self._holds(s, vol.id, instance_uuid)):
+                event = "reserve_same_server"
             self._transition(s, vol, event)
             att = models.VolumeAttachment(
                 id=str(uuid.uuid4()), volume_id=vol.id, instance_uuid=instance_uuid,
@@ -232,6 +236,14 @@ class VolumeAPI:
         if connector is None:
             return AttachmentResult(att, None)
         return self.attachment_update(ctx, att.id, connector)
+
+    @staticmethod
+    def _holds(s: Session, volume_id: str, instance_uuid: str) -> bool:
+        """Whether the server already has a live attachment of the volume."""
+        return s.scalars(select(models.VolumeAttachment.id).where(
+            models.VolumeAttachment.volume_id == volume_id,
+            models.VolumeAttachment.instance_uuid == instance_uuid,
+            models.VolumeAttachment.deleted.is_(False))).first() is not None
 
     def attachment_update(self, ctx: RequestContext, attachment_id: str,
                           connector: Connector) -> AttachmentResult:

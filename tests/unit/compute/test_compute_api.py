@@ -464,3 +464,13 @@ def test_boot_volume_in_use_is_refused_and_leaves_no_server(tether: Tether) -> N
     res = _boot_from_volume(nova, vid)
     assert res.status_code == 400 and "in-use" in res.json["badRequest"]["message"]
     assert len(nova.get("/v2.1/servers").json["servers"]) == before
+
+
+def test_shelve_offloads_at_once_by_default(tether: Tether) -> None:
+    nova, cinder, sid, vid = _setup(tether)
+    _attach(tether, nova, sid, vid)
+    assert nova.post(f"/v2.1/servers/{sid}/action", {"shelve": None}).status_code == 202
+    wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").json["server"]["status"] ==
+             "SHELVED_OFFLOADED", what="offloaded")
+    assert sid not in _virt(tether).guests
+    assert _status(cinder, vid) == "reserved"
