@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tether.compute.volume_client import VolumeClient
-from tether.connection import ConnectionInfo
+from tether.connection import ConnectionInfo, Connector
 from tether.connectors.base import VolumeConnector
 from tether.context import RequestContext
 from tether.db import models
@@ -90,9 +90,9 @@ class DetachFlow:
                 try:
                     if attachment_id is not None:
                         self.volumes.attachment_delete(attachment_id)
-                    else:
-                        self.volumes.terminate_connection(volume_id,
-                                                          self.connector.properties())
+                    else:  # the old flow: no attachment id on the BDM
+                        self.volumes.terminate_connection(
+                            volume_id, self._legacy_connector(bdm, inst.host))
                         self.volumes.detach(volume_id, None)
                 except Exception:
                     self._mark_bdm(bdm.id, deleted=False)
@@ -125,6 +125,31 @@ class DetachFlow:
                          "skipping target disconnect", volume_id)
             elif info is not None:
                 self.connector.disconnect(info)
+
+    def _legacy_connector(self, bdm: models.BlockDeviceMapping,
+                          instance_host: str | None) -> Connector:
+        """The connector to terminate an old-flow connection with: this host's,
+        unless the BDM stashed the connector of another host (the server was
+        evacuated) and that host is the server's."""
+        mine = self.connector.properties()
+        stashed = (bdm.connection_info or {}).get("connector")
+        if not stashed:
+            LOG.warning("No connector stashed in the connection_info of volume %s; "
+                        "terminating the connection of this host (%s)", bdm.volume_id,
+                        mine.host)
+            return mine
+        stash = Connector.from_dict(stashed)
+        if stash.host == mine.host:
+            return mine
+        if stash.host == instance_host:
+            LOG.info("Using the connector stashed for host %s to terminate the connection "
+                     "of volume %s", stash.host, bdm.volume_id)
+            return stash
+        LOG.error("The connector stashed for volume %s belongs to host %s, which is "
+                  "neither this host (%s) nor the server's host (%s); terminating this "
+                  "host's connection instead", bdm.volume_id, stash.host, mine.host,
+                  instance_host)
+        return mine
 
     def _mark_bdm(self, bdm_id: int, deleted: bool) -> None:
         with self.db.session() as s:
