@@ -4,6 +4,7 @@ own tgtd never see each other's targets."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -18,7 +19,6 @@ def free_port() -> int:
 
 
 def _control_port_free(port: int) -> bool:
-    import os
     return not os.path.exists(f"/var/run/tgtd/socket.{port}")
 
 
@@ -83,3 +83,28 @@ def iscsi_inq(initiator: str, portal: str, iqn: str, user: str | None = None,
     proc = subprocess.run(["iscsi-inq", "-i", initiator, f"iscsi://{auth}{portal}/{iqn}/{lun}"],
                           capture_output=True, text=True, timeout=30, check=False)
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_database_server(kind: str) -> None:
+    """Start the machine's PostgreSQL or MariaDB if it is not listening (this
+    kind of machine starts them before a session, but never assume)."""
+    port = {"postgresql": 5432, "mariadb": 3306}[kind]
+    if _tcp_open(port):
+        return
+    if kind == "postgresql":
+        import glob
+        for version in sorted(glob.glob("/etc/postgresql/*")):
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect",
+                            os.path.basename(version), "main", "start"], check=False)
+    else:
+        subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background",
+                        "--exec", "/usr/sbin/mariadbd"], check=False)
+    wait_until(lambda: _tcp_open(port), f"{kind} on port {port}", timeout=60)

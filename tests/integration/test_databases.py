@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from tests.integration.daemons import ensure_database_server
 from tether.db import migrate, models
 from tether.db.api import Database, conditional_update
 
@@ -22,6 +23,7 @@ SERVERS = {
 
 @pytest.fixture(params=sorted(SERVERS))
 def db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    ensure_database_server(request.param)
     server = SERVERS[request.param]
     name = f"tether_test_{uuid.uuid4().hex[:12]}"
     admin_db = "postgres" if request.param == "postgresql" else "mysql"

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.harness import wait_for
-from tests.integration.daemons import Tgtd
+from tests.integration.daemons import Tgtd, ensure_database_server
 from tether.virt.libvirt.driver import LibvirtDriver
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -34,6 +34,7 @@ def _port() -> int:
 
 @pytest.fixture
 def cluster(tmp_path: Any, tgtd: Tgtd, libvirtd: None) -> Iterator[dict[str, Any]]:
+    ensure_database_server("postgresql")
     name = f"tether_dist_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
