@@ -302,7 +302,9 @@ class ComputeAPI:
             if self._bdm(s, server_id, volume_id) is not None:
                 raise InvalidVolume(f"Volume {volume_id} is already attached to instance "
                                     f"{server_id}.")
-            used = [b.device_name for b in self.volume_bdms([server_id])[server_id]]
+            used = list(s.scalars(select(models.BlockDeviceMapping.device_name).where(
+                models.BlockDeviceMapping.instance_uuid == server_id,
+                models.BlockDeviceMapping.deleted.is_(False))).all())
         vol = self._volume(ctx, volume_id)
         if vol.multiattach and not allow_multiattach:
             raise InvalidInput("Multiattach volumes are only supported starting with compute "
@@ -355,23 +357,21 @@ class ComputeAPI:
         """Spec step 0 and s1, in the spec's order: policy, server, shelved,
         volume, BDM, root device; then (s1) lock, state and host checks,
         begin_detaching, the action, the cast."""
-        with self.db.session() as s:
+        with self.db.session() as s:  # read once; the errors still come in spec order
             inst = self._server(s, ctx, server_id, "server:volume_attachments:delete")
-            s.expunge(inst)
+            bdm = self._bdm(s, server_id, volume_id)
+            s.expunge_all()
         if inst.vm_state in srv_states.SHELVED_STATES and not allow_shelved:
             raise InstanceInvalidState(
                 f"Cannot 'detach_volume' instance {server_id} while it is in vm_state "
                 f"{inst.vm_state}: detaching from a shelved server needs microversion 2.20 "
                 "or later.")
         vol = self._volume(ctx, volume_id)  # 404 when the volume does not exist
-        with self.db.session() as s:
-            bdm = self._bdm(s, server_id, volume_id)
-            if bdm is None:
-                raise VolumeNotAttached(server_id, volume_id)
-            if bdm.boot_index == 0:
-                raise InvalidVolume("Cannot detach a root device volume.")
-            attachment_id = bdm.attachment_id
-            bdm_id = bdm.id
+        if bdm is None:
+            raise VolumeNotAttached(server_id, volume_id)
+        if bdm.boot_index == 0:
+            raise InvalidVolume("Cannot detach a root device volume.")
+        attachment_id, bdm_id = bdm.attachment_id, bdm.id
         self._check_unlocked(ctx, inst)
         self._check_state(inst, "detach_volume")
         if inst.vm_state == srv_states.SHELVED_OFFLOADED:

@@ -259,6 +259,8 @@ class VolumeAPI:
             att.connector = connector.to_dict()
             att.attached_host = connector.host or None
             host = vol.host or ""
+            s.flush()
+            s.expunge(att)  # what we return: the row as this transaction leaves it
         try:
             info = self.rpcapi.sync_export(ctx, host, vol.id)
         except Exception:
@@ -266,11 +268,7 @@ class VolumeAPI:
             raise
         if info is None:  # cannot happen: this attachment has an initiator
             raise InvalidVolume(f"Volume {vol.id} was not exported.")
-        with self.db.session() as s:
-            fresh = s.get(models.VolumeAttachment, attachment_id)
-            assert fresh is not None
-            s.expunge(fresh)
-        return AttachmentResult(fresh, info)
+        return AttachmentResult(att, info)
 
     def _undo_connect(self, volume_id: str, attachment_id: str,
                       previous: tuple[str, str | None, Any, str | None]) -> None:
@@ -301,7 +299,8 @@ class VolumeAPI:
         with self.db.session() as s:
             att, vol = self._attachment(s, ctx, attachment_id, "attachment:delete")
             self._check_deletion_allowed(ctx, att)
-        return self.remove_attachments(ctx, vol.id, [attachment_id])
+            saved, host = self._mark_detached(s, vol, [attachment_id])
+        return self._sync_and_settle(ctx, vol.id, host, saved)
 
     def _check_deletion_allowed(self, ctx: RequestContext, att: models.VolumeAttachment) -> None:
         # CVE-2023-2088: a user must not unmap a LUN a guest still uses
@@ -317,19 +316,30 @@ class VolumeAPI:
                            attachment_ids: list[str]) -> list[models.VolumeAttachment]:
         """Mark attachments detached, make the export match, settle the volume.
         If the target cannot be updated, the attachments are restored."""
-        now = models.utcnow()
         with self.db.session() as s:
             vol = s.get(models.Volume, volume_id)
             if vol is None:
                 raise VolumeNotFound(volume_id)
-            rows = [s.get(models.VolumeAttachment, a) for a in attachment_ids]
-            saved = [(r.id, r.attach_status) for r in rows if r is not None]
-            for r in rows:
-                if r is not None:
-                    att_states.MACHINE.check("delete", r.attach_status, r.id)
-                    r.attach_status, r.deleted, r.deleted_at, r.detached_at = (
-                        att_states.DETACHED, True, now, now)
-            host = vol.host or ""
+            saved, host = self._mark_detached(s, vol, attachment_ids)
+        return self._sync_and_settle(ctx, volume_id, host, saved)
+
+    @staticmethod
+    def _mark_detached(s: Session, vol: models.Volume, attachment_ids: list[str]
+                       ) -> tuple[list[tuple[str, str]], str]:
+        now = models.utcnow()
+        rows = [s.get(models.VolumeAttachment, a) for a in attachment_ids]
+        saved = [(r.id, r.attach_status) for r in rows if r is not None]
+        for r in rows:
+            if r is not None:
+                att_states.MACHINE.check("delete", r.attach_status, r.id)
+                r.attach_status, r.deleted, r.deleted_at, r.detached_at = (
+                    att_states.DETACHED, True, now, now)
+        return saved, vol.host or ""
+
+    def _sync_and_settle(self, ctx: RequestContext, volume_id: str, host: str,
+                         saved: list[tuple[str, str]]) -> list[models.VolumeAttachment]:
+        """Export to match the (already marked) attachments, then settle the
+        volume; if the target refuses, the attachments come back."""
         try:
             self.rpcapi.sync_export(ctx, host, volume_id)
         except Exception:
@@ -344,7 +354,9 @@ class VolumeAPI:
             vol = s.get(models.Volume, volume_id)
             assert vol is not None
             self.settle(s, vol)
-        return self.live_attachments([volume_id])[volume_id]
+            remaining = self._live_attachments(s, [volume_id])[volume_id]
+            s.expunge_all()
+            return remaining
 
     def attachment_get(self, ctx: RequestContext, attachment_id: str
                        ) -> tuple[models.VolumeAttachment, models.Volume]:

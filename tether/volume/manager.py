@@ -37,6 +37,14 @@ from tether.volume.targets.base import (
 LOG = logging.getLogger(__name__)
 
 
+def _connection_info(volume_id: str, location: ExportLocation,
+                     chap: ChapCredentials) -> ConnectionInfo:
+    return ConnectionInfo(volume_id=volume_id, target_iqn=location.target_iqn,
+                          target_portal=location.target_portal,
+                          target_lun=location.target_lun,
+                          auth_username=chap.username, auth_password=chap.password)
+
+
 def new_chap() -> ChapCredentials:
     """One-way CHAP: 20-char user, 16-char secret (tgt's and Cinder's sizes)."""
     return ChapCredentials(username="tether" + secrets.token_hex(7),
@@ -107,9 +115,9 @@ class VolumeManager:
 
     # -- exports -----------------------------------------------------------
 
-    def sync_export(self, volume_id: str) -> ExportLocation | None:
+    def sync_export(self, volume_id: str) -> ConnectionInfo | None:
         """Make the target hold exactly the ACL of the volume's live
-        attachments; return the location, or None when nothing is exported."""
+        attachments; how to reach it, or None when nothing is exported."""
         with self._lock(volume_id):
             with self.db.session() as s:
                 vol = s.get(models.Volume, volume_id)
@@ -132,25 +140,16 @@ class VolumeManager:
             location = self.target.export(spec)
             LOG.info("volume %s exported as %s to %d initiator(s)", volume_id,
                      location.target_iqn, len(spec.initiators))
-            return location
+            return _connection_info(volume_id, location, chap)
 
-    def connection_info(self, volume_id: str, location: ExportLocation) -> ConnectionInfo:
+    def connection_info(self, volume_id: str) -> ConnectionInfo:
+        """Where the volume's export is and how to log in, without touching the target."""
         with self.db.session() as s:
             vol = s.get(models.Volume, volume_id)
             if vol is None:
                 raise VolumeNotFound(volume_id)
             chap = self._chap(vol)
-        return ConnectionInfo(volume_id=volume_id, target_iqn=location.target_iqn,
-                              target_portal=location.target_portal,
-                              target_lun=location.target_lun,
-                              auth_username=chap.username, auth_password=chap.password)
-
-    def initialize_connection(self, volume_id: str) -> ConnectionInfo:
-        location = self.sync_export(volume_id)
-        if location is None:
-            raise InvalidVolume(f"Volume {volume_id} has no attachment with a connector "
-                                "to export to.")
-        return self.connection_info(volume_id, location)
+        return _connection_info(volume_id, self.target.location(volume_id), chap)
 
     @staticmethod
     def _chap(vol: models.Volume) -> ChapCredentials:

@@ -54,12 +54,8 @@ class VolumeEndpoint:
         self.manager.delete_volume(volume_id)
 
     def sync_export(self, ctx: RequestContext, volume_id: str) -> dict[str, Any] | None:
-        location = self.manager.sync_export(volume_id)
-        if location is None:
-            return None
-        info = self.manager.connection_info(volume_id, location)
-        return info.to_dict(with_secret=True)
+        info = self.manager.sync_export(volume_id)
+        return None if info is None else info.to_dict(with_secret=True)
 
     def connection_info(self, ctx: RequestContext, volume_id: str) -> dict[str, Any]:
-        location = self.manager.target.location(volume_id)
-        return self.manager.connection_info(volume_id, location).to_dict(with_secret=True)
+        return self.manager.connection_info(volume_id).to_dict(with_secret=True)
