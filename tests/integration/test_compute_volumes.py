@@ -40,7 +40,14 @@ def tether(tmp_path_factory: pytest.TempPathFactory, tgtd: Tgtd,
     try:
         yield t
     finally:
+        # deleting through the API also disconnects what is still attached
+        # (the refusing guest keeps its volume): no domain or secret is left
+        nova = t.nova("admin:p1")
         for sid in servers:
+            nova.delete(f"/v2.1/servers/{sid}")
+        for sid in servers:
+            wait_for(lambda sid=sid: nova.get(f"/v2.1/servers/{sid}").status_code == 404, 30,
+                     f"server {sid} deleted")
             virt.destroy(sid)
         t.stop()
 
