@@ -3,6 +3,7 @@ HTTP on free ports): what an operator types and reads."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import uuid
@@ -95,9 +96,11 @@ def test_missing_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Any) 
 def test_serve_without_tgtd_says_what_to_start(capsys: pytest.CaptureFixture[str],
                                                tmp_path: Any) -> None:
     conf = tmp_path / "tether.conf"
-    # a control port no tgtd listens on
+    # a control port no tgtd listens on (tgtd's socket for port N is socket.N)
+    port = next(p for p in range(32767, 1, -1)
+                if not os.path.exists(f"/var/run/tgtd/socket.{p}"))
     conf.write_text(f"[DEFAULT]\ntransport_url = tether-inproc://{uuid.uuid4().hex}\n"
-                    "[volume]\ntgt_control_port = 32767\n"
+                    f"[volume]\ntgt_control_port = {port}\n"
                     f"[api]\ncompute_port = {_free_port()}\nvolume_port = {_free_port()}\n")
     rc = main(["--config-file", str(conf), "--state-dir", str(tmp_path), "serve"])
     err = capsys.readouterr().err
