@@ -4,6 +4,7 @@ own tgtd never see each other's targets."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -64,6 +65,10 @@ class Tgtd:
             self.proc.wait(timeout=10)
             self.proc = None
         wait_until(lambda: not self._answers(), "tgtd shutdown")
+        for leftover in (f"/var/run/tgtd/socket.{self.control_port}",
+                         f"/var/run/tgtd/socket.{self.control_port}.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
     def restart(self) -> None:
         """What an operator's `systemctl restart tgt` does: every target is lost."""
