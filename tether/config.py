@@ -94,6 +94,12 @@ compute_opts = [
     cfg.IntOpt("shelved_offload_time", default=0, min=-1,
                 help="After a shelve: 0 offloads at once (guest and host connections "
                      "released), -1 never (until shelveOffload)."),
+    cfg.FloatOpt("operation_timeout", default=600.0, min=1,
+                 help="Seconds after which an attach or detach that no service is "
+                      "working on (its message was lost, its host restarted) is resumed "
+                      "or rolled back by the sweeper."),
+    cfg.FloatOpt("sweep_interval", default=60.0, min=0,
+                 help="Seconds between sweeps for such operations; 0 turns it off."),
     cfg.IntOpt("service_down_time", default=60, min=1,
                help="Seconds without a heartbeat after which a compute service is down."),
 ]

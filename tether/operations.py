@@ -106,14 +106,19 @@ class Operations:
                                        "finish_time": models.utcnow(), "message": message,
                                        "updated_at": models.utcnow()})
 
-    def unfinished(self, host: str, actions: tuple[str, ...]) -> list[models.InstanceAction]:
-        """Actions on servers of ``host`` that never finished (a crash)."""
+    def unfinished(self, host: str, actions: tuple[str, ...],
+                   started_before: dt.datetime | None = None) -> list[models.InstanceAction]:
+        """Actions on servers of ``host`` that never finished (a crash, a lost
+        message), optionally only those started before a moment."""
         with self.db.session() as s:
-            rows = list(s.scalars(select(models.InstanceAction).join(
+            q = select(models.InstanceAction).join(
                 models.Instance, models.Instance.uuid == models.InstanceAction.instance_uuid
             ).where(models.Instance.host == host,
                     models.InstanceAction.finish_time.is_(None),
-                    models.InstanceAction.action.in_(actions))).all())
+                    models.InstanceAction.action.in_(actions))
+            if started_before is not None:
+                q = q.where(models.InstanceAction.start_time < started_before)
+            rows = list(s.scalars(q).all())
             for r in rows:
                 s.expunge(r)
             return rows

@@ -283,15 +283,21 @@ class ComputeService:
                                       conf.compute.shelved_offload_time)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
+        timeout = conf.compute.operation_timeout
+        self.sweeper = Periodic("operation-sweeper", conf.compute.sweep_interval,
+                                lambda: self.manager.resume_unfinished(older_than=timeout))
 
     def start(self) -> None:
         self.rpc.serve(COMPUTE_TOPIC, self.conf.host, [ComputeEndpoint(self.manager)])
         self.heartbeat.start()
         resumed = self.manager.resume_unfinished()
+        if self.conf.compute.sweep_interval > 0:
+            self.sweeper.start()
         LOG.info("compute service %s up (%d interrupted operation(s) handled)",
                  self.conf.host, resumed)
 
     def stop(self) -> None:
+        self.sweeper.stop()
         self.heartbeat.stop()
         self.volumes.close()
         self.notifier.close()

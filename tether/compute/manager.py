@@ -8,6 +8,7 @@ and on start resumes what a crash interrupted.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import threading
 from collections import defaultdict
@@ -63,6 +64,7 @@ class ComputeManager:
         self.shelving = ShelveFlow(db, virt_driver, connector, volumes, self.ops)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._in_flight: set[int] = set()
 
     @contextmanager
     def _locked(self, instance_uuid: str) -> Iterator[None]:
@@ -277,27 +279,48 @@ class ComputeManager:
 
     # -- volumes -------------------------------------------------------------
 
+    @contextmanager
+    def _running(self, action_id: int) -> Iterator[None]:
+        """Mark an action as being worked on here (the sweeper leaves it alone)."""
+        with self._guard:
+            self._in_flight.add(action_id)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._in_flight.discard(action_id)
+
     def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
                       action_id: int, shared_target: str | None = None) -> None:
-        with self._locked(instance_uuid), locks.maybe(self.host_locks, shared_target):
+        with self._running(action_id), self._locked(instance_uuid), \
+                locks.maybe(self.host_locks, shared_target):
             self.attach.run(ctx, instance_uuid, bdm_uuid,
                             self._action(ctx, instance_uuid, action_id))
 
     def detach_volume(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
                       attachment_id: str | None, action_id: int,
                       shared_target: str | None = None) -> None:
-        with self._locked(instance_uuid), locks.maybe(self.host_locks, shared_target):
+        with self._running(action_id), self._locked(instance_uuid), \
+                locks.maybe(self.host_locks, shared_target):
             self.detach.run(ctx, instance_uuid, volume_id, attachment_id,
                             self._action(ctx, instance_uuid, action_id))
 
     # -- start-up ------------------------------------------------------------
 
-    def resume_unfinished(self) -> int:
-        """Operations a crash interrupted: a detach is run again (its steps are
-        idempotent); an attach is rolled back; anything else is marked failed."""
+    def resume_unfinished(self, older_than: float | None = None) -> int:
+        """Operations a crash interrupted (or whose message was lost): a detach
+        is run again (its steps are idempotent), an attach is rolled back.  On
+        start every unfinished one; from the periodic sweeper only those older
+        than ``older_than`` seconds that this process is not running now."""
         ctx = admin_context()
         count = 0
-        for row in self.ops.unfinished(self.host, ("attach_volume", "detach_volume")):
+        before = (None if older_than is None
+                  else models.utcnow() - dt.timedelta(seconds=older_than))
+        for row in self.ops.unfinished(self.host, ("attach_volume", "detach_volume"),
+                                       started_before=before):
+            with self._guard:
+                if row.id in self._in_flight:
+                    continue
             action = ActionRef(row.id, row.instance_uuid, row.request_id)
             count += 1
             if row.action == "detach_volume" and row.resource_id:
