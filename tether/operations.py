@@ -35,10 +35,6 @@ class ActionRef:
     request_id: str
 
 
-class StepFailed(Exception):
-    """Raised inside a step to fail it with a message but no traceback."""
-
-
 # statements built once: an operation writes about a dozen rows, and compiling
 # them each time (or going through an ORM session) cost five times as much
 _NEW_ACTION = insert(models.InstanceAction).returning(models.InstanceAction.id)
@@ -77,8 +73,7 @@ class Operations:
         try:
             yield
         except BaseException as exc:
-            tb = (None if isinstance(exc, StepFailed)
-                  else "".join(traceback.format_exception(exc)))
+            tb = "".join(traceback.format_exception(exc))
             self._finish_event(event_id, op_states.MACHINE.check("fail", op_states.RUNNING,
                                                                  event), tb, str(exc))
             raise

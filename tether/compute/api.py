@@ -7,7 +7,6 @@ ComputeRpcApi (cast) → ComputeManager → virt driver / connector.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import re
 import uuid
@@ -23,7 +22,7 @@ from tether.compute.rpcapi import ComputeRpcApi
 from tether.compute.volume_client import VolumeClient, VolumeRef
 from tether.context import RequestContext
 from tether.db import models
-from tether.db.api import Database, conditional_update
+from tether.db.api import Database
 from tether.exceptions import (
     ActionNotFound,
     ComputeServiceDown,
@@ -192,15 +191,6 @@ class ComputeAPI:
             raise InstanceInvalidState(
                 f"Cannot '{event}' instance {inst.uuid} while it is in vm_state "
                 f"{inst.vm_state}.") from None
-
-    def _set_vm_state(self, s: Session, inst: models.Instance, event: str,
-                      task_state: str | None) -> None:
-        self._check_state(inst, event)
-        (target,) = srv_states.MACHINE.transition(event).targets
-        if not conditional_update(s, models.Instance, inst.uuid,
-                                  {"vm_state": target, "task_state": task_state},
-                                  {"vm_state": srv_states.MACHINE.sources(event)}):
-            raise InstanceInvalidState(f"Instance {inst.uuid} changed state concurrently.")
 
     def delete_server(self, ctx: RequestContext, server_id: str) -> None:
         with self.db.session() as s:
@@ -441,7 +431,3 @@ class ComputeAPI:
 def _shared_target(vol: VolumeRef) -> str | None:
     """The host-wide lock name for volumes whose backend shares targets."""
     return vol.service_uuid if vol.shared_targets and vol.service_uuid else None
-
-
-def heartbeat_cutoff(down_after: float) -> dt.datetime:
-    return models.utcnow() - dt.timedelta(seconds=down_after)
