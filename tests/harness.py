@@ -124,6 +124,17 @@ class Tether:
         return dict(wait_for(lambda: _server_status_is(nova, sid, "ACTIVE"),
                              what=f"server {sid} ACTIVE"))
 
+    def server_with_volume(self, token: str = "alice:p1") -> tuple[Api, Api, str, str]:
+        """A new server with a new volume attached: (nova, cinder, server, volume)."""
+        nova, cinder = self.nova(token), self.api(token)
+        sid = self.create_server(nova)["id"]
+        vid = self.create_volume(cinder)["id"]
+        res = nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
+                        {"volumeAttachment": {"volumeId": vid}})
+        assert res.status_code == 200, res.text
+        self.wait_action(nova, sid, "attach_volume")
+        return nova, cinder, sid, vid
+
     def wait_action(self, nova: Api, server_id: str, action: str,
                     timeout: float = 30.0) -> dict[str, Any]:
         """The newest ``action`` of the server once it has finished."""

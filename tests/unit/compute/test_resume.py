@@ -5,7 +5,6 @@ interrupted attach is rolled back.  No volume stays detaching or attaching."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from tests.harness import Tether
 from tether.context import RequestContext
@@ -14,18 +13,8 @@ from tether.virt.driver import disk_alias
 from tether.virt.fake import FakeDriver
 
 
-def _ready(t: Tether) -> tuple[Any, Any, str, str]:
-    nova, cinder = t.nova(), t.api()
-    sid = t.create_server(nova)["id"]
-    vid = t.create_volume(cinder)["id"]
-    nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
-              {"volumeAttachment": {"volumeId": vid}})
-    t.wait_action(nova, sid, "attach_volume")
-    return nova, cinder, sid, vid
-
-
 def test_interrupted_detach_is_finished_on_start(tether: Tether) -> None:
-    _nova, cinder, sid, vid = _ready(tether)
+    _nova, cinder, sid, vid = tether.server_with_volume()
     # the API did its part (begin_detaching, action, s1) and the host died
     # before running the cast
     ctx = RequestContext("alice", "p1")
@@ -50,7 +39,7 @@ def test_interrupted_detach_is_finished_on_start(tether: Tether) -> None:
 
 
 def test_interrupted_attach_is_rolled_back_on_start(tether: Tether) -> None:
-    nova, cinder, sid, vid = _ready(tether)
+    nova, cinder, sid, vid = tether.server_with_volume()
     # pretend the attach never finished: the action is still open
     with tether.db.session() as s:
         row = s.query(models.InstanceAction).filter_by(
@@ -71,7 +60,7 @@ def test_interrupted_attach_is_rolled_back_on_start(tether: Tether) -> None:
 
 def _lost_detach(t: Tether, age_s: float) -> tuple[str, str, int]:
     """A detach the API cast and nobody ran (the message was lost)."""
-    _nova, _cinder, sid, vid = _ready(t)
+    _nova, _cinder, sid, vid = t.server_with_volume()
     t.api("admin:p1").post(f"/v3/volumes/{vid}/action", {"os-begin_detaching": {}})
     ops = t.embedded.api.compute_api.ops
     action = ops.start_action(RequestContext("alice", "p1"), sid, "detach_volume", vid)

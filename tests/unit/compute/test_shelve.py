@@ -28,14 +28,6 @@ def _status(api: Api, path: str, key: str) -> str:
     return str(api.get(path).json[key]["status"])
 
 
-def _server_with_volume(t: Tether) -> tuple[Api, Api, str, str]:
-    nova, cinder = t.nova(), t.api()
-    sid = t.create_server(nova)["id"]
-    vid = t.create_volume(cinder)["id"]
-    nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
-              {"volumeAttachment": {"volumeId": vid}})
-    t.wait_action(nova, sid, "attach_volume")
-    return nova, cinder, sid, vid
 
 
 def _act(t: Tether, nova: Api, sid: str, name: str, status: str) -> None:
@@ -45,7 +37,7 @@ def _act(t: Tether, nova: Api, sid: str, name: str, status: str) -> None:
 
 
 def test_detach_from_shelved_server(tether: Tether) -> None:
-    nova, cinder, sid, vid = _server_with_volume(tether)
+    nova, cinder, sid, vid = tether.server_with_volume()
     _act(tether, nova, sid, "shelve", "SHELVED")
     url = f"/v2.1/servers/{sid}/os-volume_attachments/{vid}"
     assert nova.as_version("2.19").delete(url).status_code == 409
@@ -59,7 +51,7 @@ def test_detach_from_shelved_server(tether: Tether) -> None:
 
 
 def test_offloaded_server_keeps_volumes_reserved_and_unshelves_them(tether: Tether) -> None:
-    nova, cinder, sid, vid = _server_with_volume(tether)
+    nova, cinder, sid, vid = tether.server_with_volume()
     _act(tether, nova, sid, "shelve", "SHELVED")
     _act(tether, tether.nova("admin:p1"), sid, "shelveOffload", "SHELVED_OFFLOADED")
     virt, connector = tether.virt, tether.connector
@@ -78,7 +70,7 @@ def test_offloaded_server_keeps_volumes_reserved_and_unshelves_them(tether: Teth
 
 
 def test_detach_from_offloaded_server_does_no_hypervisor_work(tether: Tether) -> None:
-    nova, cinder, sid, vid = _server_with_volume(tether)
+    nova, cinder, sid, vid = tether.server_with_volume()
     _act(tether, nova, sid, "shelve", "SHELVED")
     _act(tether, tether.nova("admin:p1"), sid, "shelveOffload", "SHELVED_OFFLOADED")
     connector = tether.connector
@@ -96,6 +88,6 @@ def test_detach_from_offloaded_server_does_no_hypervisor_work(tether: Tether) ->
 
 
 def test_shelve_offload_is_admin_only_and_state_checked(tether: Tether) -> None:
-    nova, _, sid, _ = _server_with_volume(tether)
+    nova, _, sid, _ = tether.server_with_volume()
     assert nova.post(f"/v2.1/servers/{sid}/action", {"shelveOffload": None}).status_code == 403
     assert nova.post(f"/v2.1/servers/{sid}/action", {"unshelve": None}).status_code == 409
