@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tether import policy
 from tether.connection import ConnectionInfo, Connector
@@ -198,7 +199,8 @@ class VolumeAPI:
             s.refresh(vol)
             vol_states.MACHINE.check(event, vol.status, vol.id, target)
             raise Conflict(f"Volume {vol.id} changed state concurrently; retry the request.")
-        vol.status = new
+        # the row already holds it: record it on the object without a second UPDATE
+        set_committed_value(vol, "status", new)
         return new
 
     def settle(self, s: Session, vol: models.Volume) -> str:
