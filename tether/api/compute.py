@@ -122,11 +122,16 @@ def _root_volume(bdms: Any) -> RootVolume | None:
             or bdm.get("destination_type", "volume") != "volume"):
         raise errors.bad_request("block_device_mapping_v2: only a volume at boot_index 0 "
                                  "(source_type and destination_type 'volume') is supported.")
-    dot = bdm.get("delete_on_termination", False)
-    if not isinstance(dot, bool):
-        raise errors.bad_request("block_device_mapping_v2: delete_on_termination must be a "
-                                 "boolean.")
+    dot = _boolean(bdm.get("delete_on_termination", False),
+                   "block_device_mapping_v2.delete_on_termination")
     return RootVolume(_uuid(bdm.get("uuid"), "block_device_mapping_v2.uuid"), dot)
+
+
+def _boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise errors.bad_request(f"Invalid input for field/attribute {what}: expected a "
+                                 "boolean.")
+    return value
 
 
 def _all_projects(req: falcon.Request) -> bool:
@@ -203,10 +208,7 @@ class VolumeAttachments(_Base):
         if tag is not None and (not isinstance(tag, str) or not _TAG_RE.match(tag)):
             raise errors.bad_request("Invalid input for field/attribute tag: up to 60 "
                                      "characters, without '/' or ','.")
-        dot = data.get("delete_on_termination", False)
-        if not isinstance(dot, bool):
-            raise errors.bad_request("Invalid input for field/attribute "
-                                     "delete_on_termination: expected a boolean.")
+        dot = _boolean(data.get("delete_on_termination", False), "delete_on_termination")
         bdm = self.api.attach_volume(wsgi.caller(req), sid, volume_id, device or None, tag,
                                      dot, allow_multiattach=version.at_least("2.60"))
         wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(

@@ -61,12 +61,7 @@ def _next(got: queue.Queue[tuple[str, str, dict[str, Any]]], vid: str
 
 
 def test_attach_and_detach_announce_start_and_end(tether: Tether, received: Any) -> None:
-    nova, cinder = tether.nova(), tether.api()
-    sid = tether.create_server(nova)["id"]
-    vid = tether.create_volume(cinder)["id"]
-    nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
-              {"volumeAttachment": {"volumeId": vid}})
-    tether.wait_action(nova, sid, "attach_volume")
+    nova, _, sid, vid = tether.server_with_volume()
     nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
     tether.wait_action(nova, sid, "detach_volume")
     seen = [_next(received, vid)[:2] for _ in range(4)]
@@ -75,12 +70,7 @@ def test_attach_and_detach_announce_start_and_end(tether: Tether, received: Any)
 
 
 def test_refused_detach_announces_error(tether: Tether, received: Any) -> None:
-    nova, cinder = tether.nova(), tether.api()
-    sid = tether.create_server(nova)["id"]
-    vid = tether.create_volume(cinder)["id"]
-    nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
-              {"volumeAttachment": {"volumeId": vid}})
-    tether.wait_action(nova, sid, "attach_volume")
+    nova, _, sid, vid = tether.server_with_volume()
     assert isinstance(tether.virt, FakeDriver)
     tether.virt.refuse_unplug.add(vid)
     nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
