@@ -51,12 +51,21 @@ class Operations:
         self.host = host
 
     def start_action(self, ctx: RequestContext, instance_uuid: str, action: str,
-                     resource_id: str | None = None) -> ActionRef:
+                     resource_id: str | None = None, done_step: str | None = None,
+                     started: dt.datetime | None = None) -> ActionRef:
+        """Record an action.  ``done_step``: a step already done by then (the
+        API's checks, begun at ``started``), recorded in the same transaction."""
+        now = models.utcnow()
         with self.db.engine.begin() as conn:
             action_id = conn.execute(_NEW_ACTION, {
                 "request_id": ctx.request_id, "instance_uuid": instance_uuid,
                 "action": action, "project_id": ctx.project_id, "user_id": ctx.user_id,
-                "start_time": models.utcnow(), "resource_id": resource_id}).scalar_one()
+                "start_time": started or now, "resource_id": resource_id}).scalar_one()
+            if done_step is not None:
+                conn.execute(_NEW_EVENT, {
+                    "action_id": action_id, "event": done_step, "start_time": started or now,
+                    "finish_time": now, "host": self.host, "result": op_states.SUCCESS,
+                    "details": None})
         return ActionRef(int(action_id), instance_uuid, ctx.request_id)
 
     @contextlib.contextmanager

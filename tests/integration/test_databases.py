@@ -10,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.integration.daemons import ensure_database_server
-from tether.db import migrate, models
-from tether.db.api import Database, conditional_update
+from tether.db import migrate
+from tether.db.api import Database
+from tether.db.records import VOLUMES
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +47,14 @@ def db(request: pytest.FixtureRequest) -> Iterator[Database]:
 def test_migrations_and_conditional_update(db: Database) -> None:
     migrate.upgrade(db)
     assert migrate.current(db) == migrate.head()
-    with db.session() as s:
-        s.add(models.Volume(id=str(uuid.uuid4()), project_id="p", user_id="u", size=1,
-                            status="in-use", multiattach=False, meta={"k": "v"},
-                            shared_targets=False, availability_zone="nova", deleted=False))
-    with db.session() as s:
-        vol = s.scalars(sa.select(models.Volume)).one()
-        assert not conditional_update(s, models.Volume, vol.id, {"status": "deleting"},
-                                      {"status": ["available"]})
-        assert conditional_update(s, models.Volume, vol.id, {"status": "detaching"},
-                                  {"status": "in-use"})
-    with db.session() as s:
-        again = s.get(models.Volume, vol.id)
-        assert again is not None and again.status == "detaching" and again.meta == {"k": "v"}
+    with db.begin() as c:
+        vol = VOLUMES.insert(c, {"id": str(uuid.uuid4()), "project_id": "p", "user_id": "u",
+                                 "size": 1, "status": "in-use", "meta": {"k": "v"}})
+    assert vol.deleted is False and vol.created_at is not None  # column defaults applied
+    with db.begin() as c:
+        assert not VOLUMES.update(c, vol.id, {"status": "deleting"}, {"status": ["available"]})
+        assert VOLUMES.update(c, vol.id, {"status": "detaching"}, {"status": ["in-use"]})
+    with db.begin() as c:
+        again = VOLUMES.get(c, vol.id)
+    assert again is not None and again.status == "detaching" and again.meta == {"k": "v"}
+    assert again.updated_at is not None

@@ -9,6 +9,7 @@ from tether.api.versions import Version
 from tether.api.volume_views import iso
 from tether.compute.flavors import Flavor
 from tether.db import models
+from tether.db.records import BdmRecord, InstanceRecord
 
 STATUS = {"building": "BUILD", "active": "ACTIVE", "stopped": "SHUTOFF", "error": "ERROR",
           "shelved": "SHELVED", "shelved_offloaded": "SHELVED_OFFLOADED", "deleted": "DELETED"}
@@ -37,11 +38,11 @@ def flavor_detail(f: Flavor, base: str, version: Version) -> dict[str, Any]:
     return body
 
 
-def server_summary(inst: models.Instance, base: str) -> dict[str, Any]:
+def server_summary(inst: InstanceRecord, base: str) -> dict[str, Any]:
     return {"id": inst.uuid, "name": inst.name, "links": _links(base, "servers", inst.uuid)}
 
 
-def server_detail(inst: models.Instance, bdms: list[models.BlockDeviceMapping],
+def server_detail(inst: InstanceRecord, bdms: list[BdmRecord],
                   flavor: Flavor | None, base: str, version: Version,
                   show_host: bool) -> dict[str, Any]:
     host_id = hashlib.sha224(f"{inst.project_id}{inst.host or ''}".encode()).hexdigest()
@@ -101,14 +102,14 @@ def server_detail(inst: models.Instance, bdms: list[models.BlockDeviceMapping],
     return body
 
 
-def _volume_attached(bdm: models.BlockDeviceMapping, version: Version) -> dict[str, Any]:
+def _volume_attached(bdm: BdmRecord, version: Version) -> dict[str, Any]:
     item: dict[str, Any] = {"id": bdm.volume_id}
     if version.at_least("2.3"):
         item["delete_on_termination"] = bdm.delete_on_termination
     return item
 
 
-def volume_attachment(bdm: models.BlockDeviceMapping, version: Version,
+def volume_attachment(bdm: BdmRecord, version: Version,
                       created: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"id": bdm.volume_id, "serverId": bdm.instance_uuid,
                             "volumeId": bdm.volume_id, "device": bdm.device_name}

@@ -7,7 +7,7 @@ from typing import Any
 
 from tether.api.versions import Version
 from tether.connection import ConnectionInfo
-from tether.db import models
+from tether.db.records import AttachmentRecord, VolumeRecord
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -21,12 +21,12 @@ def volume_links(base: str, project_id: str, volume_id: str) -> list[dict[str, s
     ]
 
 
-def volume_summary(vol: models.Volume, base: str) -> dict[str, Any]:
+def volume_summary(vol: VolumeRecord, base: str) -> dict[str, Any]:
     return {"id": vol.id, "name": vol.name,
             "links": volume_links(base, vol.project_id, vol.id)}
 
 
-def volume_detail(vol: models.Volume, attachments: list[models.VolumeAttachment],
+def volume_detail(vol: VolumeRecord, attachments: list[AttachmentRecord],
                   version: Version, base: str, admin: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": vol.id,
@@ -69,7 +69,7 @@ def volume_detail(vol: models.Volume, attachments: list[models.VolumeAttachment]
     return body
 
 
-def volume_attachment_entry(att: models.VolumeAttachment, vol: models.Volume) -> dict[str, Any]:
+def volume_attachment_entry(att: AttachmentRecord, vol: VolumeRecord) -> dict[str, Any]:
     """An item of a volume's ``attachments`` list."""
     return {
         "id": vol.id,
@@ -82,12 +82,12 @@ def volume_attachment_entry(att: models.VolumeAttachment, vol: models.Volume) ->
     }
 
 
-def attachment_summary(att: models.VolumeAttachment) -> dict[str, Any]:
+def attachment_summary(att: AttachmentRecord) -> dict[str, Any]:
     return {"id": att.id, "status": att.attach_status, "instance": att.instance_uuid,
             "volume_id": att.volume_id}
 
 
-def attachment_detail(att: models.VolumeAttachment, info: ConnectionInfo | None,
+def attachment_detail(att: AttachmentRecord, info: ConnectionInfo | None,
                       with_secret: bool) -> dict[str, Any]:
     body = attachment_summary(att)
     body.update({

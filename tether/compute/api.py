@@ -7,14 +7,15 @@ ComputeRpcApi (cast) → ComputeManager → virt driver / connector.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, delete, func, select
 
 from tether import policy
 from tether.compute import flavors
@@ -23,6 +24,7 @@ from tether.compute.volume_client import VolumeClient, VolumeRef
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.records import BDMS, INSTANCES, BdmRecord, InstanceRecord, by
 from tether.exceptions import (
     ActionNotFound,
     ComputeServiceDown,
@@ -44,6 +46,11 @@ LOG = logging.getLogger(__name__)
 COMPUTE_BINARY = "tether-compute"
 _DEVICE_RE = re.compile(r"^/dev/(sd|vd)([a-z]{1,2})$")
 LiveHosts = Callable[[], list[str]]
+_I, _B = INSTANCES.columns, BDMS.columns
+_SERVER_BDMS = by(BDMS, _B["instance_uuid"] == bindparam("server_id"),
+                  _B["deleted"].is_(False), order=[_B["id"]])
+_VOLUME_BDMS = by(BDMS, _B["instance_uuid"].in_(bindparam("server_ids", expanding=True)),
+                  _B["deleted"].is_(False), _B["volume_id"].is_not(None), order=[_B["id"]])
 
 
 @dataclass(frozen=True)
@@ -72,57 +79,47 @@ class ComputeAPI:
 
     # -- lookups -------------------------------------------------------------
 
-    def _server(self, s: Session, ctx: RequestContext, server_id: str,
-                rule: str = "server:get") -> models.Instance:
-        inst = s.get(models.Instance, server_id)
+    def _server(self, c: Connection, ctx: RequestContext, server_id: str,
+                rule: str = "server:get") -> InstanceRecord:
+        inst = INSTANCES.get(c, server_id)
         if inst is None or inst.deleted or not policy.allowed(ctx, "server:get",
                                                                inst.project_id):
             raise ServerNotFound(server_id)
         policy.authorize(ctx, rule, inst.project_id)
         return inst
 
-    def get_server(self, ctx: RequestContext, server_id: str) -> models.Instance:
-        with self.db.session() as s:
-            inst = self._server(s, ctx, server_id)
-            s.expunge(inst)
-            return inst
+    def get_server(self, ctx: RequestContext, server_id: str) -> InstanceRecord:
+        with self.db.begin() as c:
+            return self._server(c, ctx, server_id)
 
     def list_servers(self, ctx: RequestContext, name: str | None = None,
-                     all_projects: bool = False) -> list[models.Instance]:
+                     all_projects: bool = False) -> list[InstanceRecord]:
         policy.authorize(ctx, "server:list")
         if all_projects:
             policy.authorize(ctx, "server:all_projects")
-        with self.db.session() as s:
-            q = select(models.Instance).where(models.Instance.deleted.is_(False))
-            if not all_projects:
-                q = q.where(models.Instance.project_id == ctx.project_id)
-            rows = list(s.scalars(q.order_by(models.Instance.created_at.desc())).all())
-            if name is not None:
-                pattern = re.compile(name)  # Nova treats the filter as a regex
-                rows = [r for r in rows if pattern.search(r.name)]
-            for r in rows:
-                s.expunge(r)
-            return rows
+        q = by(INSTANCES, _I["deleted"].is_(False), order=[_I["created_at"].desc()])
+        if not all_projects:
+            q = q.where(_I["project_id"] == ctx.project_id)
+        with self.db.begin() as c:
+            rows = INSTANCES.all(c, q)
+        if name is not None:
+            pattern = re.compile(name)  # Nova treats the filter as a regex
+            rows = [r for r in rows if pattern.search(r.name)]
+        return rows
 
-    def volume_bdms(self, server_ids: list[str]) -> dict[str, list[models.BlockDeviceMapping]]:
-        out: dict[str, list[models.BlockDeviceMapping]] = {i: [] for i in server_ids}
-        if not server_ids:
-            return out
-        with self.db.session() as s:
-            for bdm in s.scalars(select(models.BlockDeviceMapping).where(
-                    models.BlockDeviceMapping.instance_uuid.in_(server_ids),
-                    models.BlockDeviceMapping.deleted.is_(False),
-                    models.BlockDeviceMapping.volume_id.is_not(None)).order_by(
-                    models.BlockDeviceMapping.id)).all():
-                s.expunge(bdm)
-                out[bdm.instance_uuid].append(bdm)
+    def volume_bdms(self, server_ids: list[str]) -> dict[str, list[BdmRecord]]:
+        out: dict[str, list[BdmRecord]] = {i: [] for i in server_ids}
+        if server_ids:
+            with self.db.begin() as c:
+                for bdm in BDMS.all(c, _VOLUME_BDMS, {"server_ids": server_ids}):
+                    out[bdm.instance_uuid].append(bdm)
         return out
 
     # -- servers -------------------------------------------------------------
 
     def create_server(self, ctx: RequestContext, name: str, flavor_ref: str,
                       image_ref: str | None = None,
-                      root_volume: RootVolume | None = None) -> models.Instance:
+                      root_volume: RootVolume | None = None) -> InstanceRecord:
         """A server with no OS, booting a local image, or booting a volume
         (which is reserved here and attached by the host as the boot disk)."""
         policy.authorize(ctx, "server:create")
@@ -132,31 +129,29 @@ class ComputeAPI:
         host = self._pick_host()
         if root_volume is not None:
             self._volume(ctx, root_volume.volume_id)  # 404 for unknown / others' volumes
-        inst = models.Instance(
-            uuid=str(uuid.uuid4()), name=name, project_id=ctx.project_id, user_id=ctx.user_id,
-            host=host, flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram,
-            image_ref=image_ref, vm_state=srv_states.BUILDING, task_state="spawning",
-            power_state=srv_states.POWER_NOSTATE, locked=False, meta={},
-            created_at=models.utcnow(), deleted=False)
-        with self.db.session() as s:
-            s.add(inst)
+        with self.db.begin() as c:
+            inst = INSTANCES.insert(c, {
+                "uuid": str(uuid.uuid4()), "name": name, "project_id": ctx.project_id,
+                "user_id": ctx.user_id, "host": host, "flavor_id": flavor.id,
+                "vcpus": flavor.vcpus, "memory_mb": flavor.ram, "image_ref": image_ref,
+                "vm_state": srv_states.BUILDING, "task_state": "spawning",
+                "power_state": srv_states.POWER_NOSTATE, "locked": False, "meta": {},
+                "created_at": models.utcnow(), "deleted": False})
         if root_volume is not None:
             try:
                 attachment = self.volumes.attachment_create(root_volume.volume_id, inst.uuid)
             except Exception:
-                with self.db.session() as s:
-                    row = s.get(models.Instance, inst.uuid)
-                    if row is not None:
-                        s.delete(row)
+                with self.db.begin() as c:
+                    c.execute(delete(INSTANCES.table).where(_I["uuid"] == inst.uuid))
                 raise
-            with self.db.session() as s:
-                s.add(models.BlockDeviceMapping(
-                    uuid=str(uuid.uuid4()), instance_uuid=inst.uuid,
-                    volume_id=root_volume.volume_id, attachment_id=attachment.id,
-                    device_name="/dev/vda", disk_bus="virtio", boot_index=0,
-                    source_type="volume", destination_type="volume",
-                    delete_on_termination=root_volume.delete_on_termination,
-                    created_at=models.utcnow(), deleted=False))
+            with self.db.begin() as c:
+                BDMS.insert(c, {
+                    "uuid": str(uuid.uuid4()), "instance_uuid": inst.uuid,
+                    "volume_id": root_volume.volume_id, "attachment_id": attachment.id,
+                    "device_name": "/dev/vda", "disk_bus": "virtio", "boot_index": 0,
+                    "source_type": "volume", "destination_type": "volume",
+                    "delete_on_termination": root_volume.delete_on_termination,
+                    "created_at": models.utcnow(), "deleted": False})
         action = self.ops.start_action(ctx, inst.uuid, "create")
         self.rpcapi.build_instance(ctx, host, inst.uuid, action.id)
         return inst
@@ -166,23 +161,24 @@ class ComputeAPI:
         if not hosts:
             raise ServiceUnavailable("No compute service is up to run the server; start "
                                      "`tether serve` or `tether service compute`.")
-        with self.db.session() as s:
-            counts = dict(s.execute(select(models.Instance.host, func.count()).where(
-                models.Instance.deleted.is_(False)).group_by(models.Instance.host)).all())
+        with self.db.begin() as c:
+            counts: dict[str | None, int] = {host: n for host, n in c.execute(
+                select(_I["host"], func.count()).where(_I["deleted"].is_(False)).group_by(
+                    _I["host"]))}
         return min(hosts, key=lambda h: (counts.get(h, 0), h))
 
-    def _check_host_up(self, inst: models.Instance) -> str:
+    def _check_host_up(self, inst: InstanceRecord) -> str:
         if inst.host is None:
             raise InstanceInvalidState(f"Instance {inst.uuid} has no host.")
         if inst.host not in self.live_hosts():
             raise ComputeServiceDown(inst.host)
         return inst.host
 
-    def _check_unlocked(self, ctx: RequestContext, inst: models.Instance) -> None:
+    def _check_unlocked(self, ctx: RequestContext, inst: InstanceRecord) -> None:
         if inst.locked and not ctx.is_admin:  # admins act on locked servers, as in Nova
             raise InstanceLocked(inst.uuid)
 
-    def _check_state(self, inst: models.Instance, event: str) -> None:
+    def _check_state(self, inst: InstanceRecord, event: str) -> None:
         try:
             srv_states.MACHINE.check(event, inst.vm_state, inst.uuid,
                                      None if len(srv_states.MACHINE.transition(event).targets)
@@ -192,85 +188,93 @@ class ComputeAPI:
                 f"Cannot '{event}' instance {inst.uuid} while it is in vm_state "
                 f"{inst.vm_state}.") from None
 
+    def _set_task(self, c: Connection, inst: InstanceRecord, task_state: str,
+                  **values: Any) -> None:
+        """Take the server for a task; a task started concurrently wins."""
+        if not INSTANCES.update(c, inst.uuid, {"task_state": task_state, **values},
+                                {"task_state": inst.task_state}):
+            raise InstanceInvalidState(f"Instance {inst.uuid} changed task state "
+                                       "concurrently; retry the request.")
+
     def delete_server(self, ctx: RequestContext, server_id: str) -> None:
-        with self.db.session() as s:
-            inst = self._server(s, ctx, server_id, "server:delete")
+        with self.db.begin() as c:
+            inst = self._server(c, ctx, server_id, "server:delete")
             self._check_unlocked(ctx, inst)
             if inst.task_state == "deleting":
                 return
             host = self._check_host_up(inst)
-            inst.task_state = "deleting"
+            INSTANCES.update(c, inst.uuid, {"task_state": "deleting"})
         action = self.ops.start_action(ctx, server_id, "delete")
         self.rpcapi.terminate_instance(ctx, host, server_id, action.id)
 
     def power_action(self, ctx: RequestContext, server_id: str, event: str) -> None:
         """``stop`` or ``start``."""
-        with self.db.session() as s:
-            inst = self._server(s, ctx, server_id, f"server:{event}")
+        with self.db.begin() as c:
+            inst = self._server(c, ctx, server_id, f"server:{event}")
             self._check_unlocked(ctx, inst)
             host = self._check_host_up(inst)
             self._check_state(inst, event)
             if inst.task_state is not None:
                 raise InstanceInvalidState(f"Cannot '{event}' instance {server_id} while it "
                                            f"is in task_state {inst.task_state}.")
-            inst.task_state = "powering-off" if event == "stop" else "powering-on"
+            self._set_task(c, inst, "powering-off" if event == "stop" else "powering-on")
         action = self.ops.start_action(ctx, server_id, event)
         self.rpcapi.power_action(ctx, host, server_id, event, action.id)
 
     def shelve_action(self, ctx: RequestContext, server_id: str, event: str) -> None:
         """``shelve``, ``shelve_offload`` or ``unshelve`` (an offloaded server
         is unshelved on the least busy live host)."""
-        with self.db.session() as s:
-            inst = self._server(s, ctx, server_id, f"server:{event}")
+        with self.db.begin() as c:
+            inst = self._server(c, ctx, server_id, f"server:{event}")
             self._check_unlocked(ctx, inst)
             self._check_state(inst, event)
             if inst.task_state is not None:
                 raise InstanceInvalidState(f"Cannot '{event}' instance {server_id} while it "
                                            f"is in task_state {inst.task_state}.")
             if inst.host is None:
-                inst.host = self._pick_host()
+                inst = dataclasses.replace(inst, host=self._pick_host())
             host = self._check_host_up(inst)
-            inst.task_state = {"shelve": "shelving", "shelve_offload": "shelving_offloading",
-                               "unshelve": "unshelving"}[event]
+            self._set_task(c, inst, {"shelve": "shelving",
+                                     "shelve_offload": "shelving_offloading",
+                                     "unshelve": "unshelving"}[event], host=host)
         action = self.ops.start_action(ctx, server_id, event)
         self.rpcapi.shelve_action(ctx, host, server_id, event, action.id)
 
     def lock(self, ctx: RequestContext, server_id: str, locked: bool) -> None:
-        with self.db.session() as s:
-            inst = self._server(s, ctx, server_id, "server:lock" if locked else "server:unlock")
+        with self.db.begin() as c:
+            inst = self._server(c, ctx, server_id, "server:lock" if locked else "server:unlock")
             if not locked and inst.locked and inst.locked_by == "admin" and not ctx.is_admin:
                 raise InstanceLocked(server_id)
-            inst.locked = locked
-            inst.locked_by = ("admin" if ctx.is_admin else "owner") if locked else None
+            INSTANCES.update(c, inst.uuid, {
+                "locked": locked,
+                "locked_by": ("admin" if ctx.is_admin else "owner") if locked else None})
         self.ops.finish_action(self.ops.start_action(ctx, server_id,
                                                      "lock" if locked else "unlock"))
 
     # -- volume attachments ----------------------------------------------------
 
-    def _bdm(self, s: Session, server_id: str, volume_id: str
-             ) -> models.BlockDeviceMapping | None:
-        bdm: models.BlockDeviceMapping | None = s.scalars(
-            select(models.BlockDeviceMapping).where(
-                models.BlockDeviceMapping.instance_uuid == server_id,
-                models.BlockDeviceMapping.volume_id == volume_id,
-                models.BlockDeviceMapping.deleted.is_(False))).first()
-        return bdm
+    @staticmethod
+    def _bdms(c: Connection, server_id: str) -> list[BdmRecord]:
+        """The server's live block device mappings (root disk included)."""
+        return BDMS.all(c, _SERVER_BDMS, {"server_id": server_id})
+
+    def _bdm(self, c: Connection, server_id: str, volume_id: str) -> BdmRecord | None:
+        return next((b for b in self._bdms(c, server_id) if b.volume_id == volume_id), None)
 
     def get_volume_attachment(self, ctx: RequestContext, server_id: str, volume_id: str
-                              ) -> models.BlockDeviceMapping:
-        with self.db.session() as s:
-            self._server(s, ctx, server_id, "server:volume_attachments:show")
-            bdm = self._bdm(s, server_id, volume_id)
-            if bdm is None:
-                raise VolumeNotAttached(server_id, volume_id)
-            s.expunge(bdm)
-            return bdm
+                              ) -> BdmRecord:
+        with self.db.begin() as c:
+            self._server(c, ctx, server_id, "server:volume_attachments:show")
+            bdm = self._bdm(c, server_id, volume_id)
+        if bdm is None:
+            raise VolumeNotAttached(server_id, volume_id)
+        return bdm
 
     def list_volume_attachments(self, ctx: RequestContext, server_id: str
-                                ) -> list[models.BlockDeviceMapping]:
-        with self.db.session() as s:
-            self._server(s, ctx, server_id, "server:volume_attachments:index")
-        return self.volume_bdms([server_id])[server_id]
+                                ) -> list[BdmRecord]:
+        with self.db.begin() as c:
+            self._server(c, ctx, server_id, "server:volume_attachments:index")
+            return [b for b in self._bdms(c, server_id) if b.volume_id is not None]
 
     def _volume(self, ctx: RequestContext, volume_id: str) -> VolumeRef:
         vol = self.volumes.get_volume(volume_id)
@@ -280,47 +284,45 @@ class ComputeAPI:
 
     def attach_volume(self, ctx: RequestContext, server_id: str, volume_id: str,
                       device: str | None, tag: str | None, delete_on_termination: bool,
-                      allow_multiattach: bool) -> models.BlockDeviceMapping:
-        with self.db.session() as s:
-            inst = self._server(s, ctx, server_id, "server:volume_attachments:create")
+                      allow_multiattach: bool) -> BdmRecord:
+        started = models.utcnow()
+        with self.db.begin() as c:
+            inst = self._server(c, ctx, server_id, "server:volume_attachments:create")
             self._check_unlocked(ctx, inst)
             self._check_state(inst, "attach_volume")
             if inst.vm_state in srv_states.SHELVED_STATES:
                 raise InstanceInvalidState(f"Attaching a volume to shelved server {server_id} "
                                            "is not supported yet.")
             host = self._check_host_up(inst)
-            if self._bdm(s, server_id, volume_id) is not None:
-                raise InvalidVolume(f"Volume {volume_id} is already attached to instance "
-                                    f"{server_id}.")
-            used = list(s.scalars(select(models.BlockDeviceMapping.device_name).where(
-                models.BlockDeviceMapping.instance_uuid == server_id,
-                models.BlockDeviceMapping.deleted.is_(False))).all())
+            bdms = self._bdms(c, server_id)
+        if any(b.volume_id == volume_id for b in bdms):
+            raise InvalidVolume(f"Volume {volume_id} is already attached to instance "
+                                f"{server_id}.")
         vol = self._volume(ctx, volume_id)
         if vol.multiattach and not allow_multiattach:
             raise InvalidInput("Multiattach volumes are only supported starting with compute "
                                "API version 2.60.")
-        bus, name = self._device(device, used)
+        bus, name = self._device(device, [b.device_name for b in bdms])
         attachment = self.volumes.attachment_create(volume_id, server_id)  # reserves
-        bdm = models.BlockDeviceMapping(
-            uuid=str(uuid.uuid4()), instance_uuid=server_id, volume_id=volume_id,
-            attachment_id=attachment.id, device_name=name, disk_bus=bus, boot_index=None,
-            source_type="volume", destination_type="volume", tag=tag,
-            delete_on_termination=delete_on_termination, created_at=models.utcnow(),
-            deleted=False)
+        bdm: BdmRecord | None = None
         try:
-            with self.db.session() as s:
-                s.add(bdm)
-            action = self.ops.start_action(ctx, server_id, "attach_volume", volume_id)
-            with self.ops.step(action, "a1:compute_api"):
-                pass
+            with self.db.begin() as c:
+                bdm = BDMS.insert(c, {
+                    "uuid": str(uuid.uuid4()), "instance_uuid": server_id,
+                    "volume_id": volume_id, "attachment_id": attachment.id,
+                    "device_name": name, "disk_bus": bus, "boot_index": None,
+                    "source_type": "volume", "destination_type": "volume", "tag": tag,
+                    "delete_on_termination": delete_on_termination,
+                    "created_at": models.utcnow(), "deleted": False})
+            action = self.ops.start_action(ctx, server_id, "attach_volume", volume_id,
+                                           done_step="a1:compute_api", started=started)
             self.rpcapi.attach_volume(ctx, host, server_id, bdm.uuid, action.id,
                                       _shared_target(vol))
         except Exception:
             self.volumes.attachment_delete(attachment.id)
-            with self.db.session() as s:
-                row = s.get(models.BlockDeviceMapping, bdm.id) if bdm.id else None
-                if row is not None:
-                    s.delete(row)
+            if bdm is not None:
+                with self.db.begin() as c:
+                    c.execute(delete(BDMS.table).where(BDMS.pk == bdm.id))
             raise
         return bdm
 
@@ -347,10 +349,9 @@ class ComputeAPI:
         """Spec step 0 and s1, in the spec's order: policy, server, shelved,
         volume, BDM, root device; then (s1) lock, state and host checks,
         begin_detaching, the action, the cast."""
-        with self.db.session() as s:  # read once; the errors still come in spec order
-            inst = self._server(s, ctx, server_id, "server:volume_attachments:delete")
-            bdm = self._bdm(s, server_id, volume_id)
-            s.expunge_all()
+        with self.db.begin() as c:  # read once; the errors still come in spec order
+            inst = self._server(c, ctx, server_id, "server:volume_attachments:delete")
+            bdm = self._bdm(c, server_id, volume_id)
         if inst.vm_state in srv_states.SHELVED_STATES and not allow_shelved:
             raise InstanceInvalidState(
                 f"Cannot 'detach_volume' instance {server_id} while it is in vm_state "
@@ -361,11 +362,10 @@ class ComputeAPI:
             raise VolumeNotAttached(server_id, volume_id)
         if bdm.boot_index == 0:
             raise InvalidVolume("Cannot detach a root device volume.")
-        attachment_id, bdm_id = bdm.attachment_id, bdm.id
         self._check_unlocked(ctx, inst)
         self._check_state(inst, "detach_volume")
         if inst.vm_state == srv_states.SHELVED_OFFLOADED:
-            self._detach_offloaded(ctx, server_id, volume_id, vol, attachment_id, bdm_id)
+            self._detach_offloaded(ctx, server_id, volume_id, vol, bdm)
             return
         host = self._check_host_up(inst)
         started = models.utcnow()
@@ -373,7 +373,7 @@ class ComputeAPI:
         action = self.ops.start_action(ctx, server_id, "detach_volume", volume_id)
         try:
             with self.ops.step(action, "s1:compute_api", started=started):
-                self.rpcapi.detach_volume(ctx, host, server_id, volume_id, attachment_id,
+                self.rpcapi.detach_volume(ctx, host, server_id, volume_id, bdm.attachment_id,
                                           action.id, _shared_target(vol))
         except Exception:
             self.volumes.roll_detaching(volume_id)
@@ -381,7 +381,7 @@ class ComputeAPI:
             raise
 
     def _detach_offloaded(self, ctx: RequestContext, server_id: str, volume_id: str,
-                          vol: VolumeRef, attachment_id: str | None, bdm_id: int) -> None:
+                          vol: VolumeRef, bdm: BdmRecord) -> None:
         """s1 for a server without a host: no hypervisor work at all, the
         storage side and the BDM only, here in the API."""
         started = models.utcnow()
@@ -390,19 +390,19 @@ class ComputeAPI:
             if vol.status == "in-use":
                 self.volumes.begin_detaching(volume_id)
         with self.ops.step(action, "s1.2+s1.3:attachment_delete"):
-            if attachment_id is not None:
-                self.volumes.attachment_delete(attachment_id)
-            with self.db.session() as s:
-                row = s.get(models.BlockDeviceMapping, bdm_id)
-                if row is not None:
-                    row.deleted, row.deleted_at = True, models.utcnow()
+            if bdm.attachment_id is not None:
+                self.volumes.attachment_delete(bdm.attachment_id)
+            with self.db.begin() as c:
+                now = models.utcnow()
+                BDMS.update(c, bdm.id, {"deleted": True, "deleted_at": now})
         self.ops.finish_action(action)
 
     # -- instance actions ----------------------------------------------------
 
     def list_actions(self, ctx: RequestContext, server_id: str) -> list[models.InstanceAction]:
+        with self.db.begin() as c:
+            self._server(c, ctx, server_id, "server:instance_actions")
         with self.db.session() as s:
-            self._server(s, ctx, server_id, "server:instance_actions")
             rows = list(s.scalars(select(models.InstanceAction).where(
                 models.InstanceAction.instance_uuid == server_id).order_by(
                 models.InstanceAction.start_time.desc(), models.InstanceAction.id.desc())).all())
@@ -411,8 +411,9 @@ class ComputeAPI:
             return rows
 
     def get_action(self, ctx: RequestContext, server_id: str, request_id: str) -> ActionView:
+        with self.db.begin() as c:
+            self._server(c, ctx, server_id, "server:instance_actions")
         with self.db.session() as s:
-            self._server(s, ctx, server_id, "server:instance_actions")
             action = s.scalars(select(models.InstanceAction).where(
                 models.InstanceAction.instance_uuid == server_id,
                 models.InstanceAction.request_id == request_id).order_by(

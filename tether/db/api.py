@@ -1,20 +1,19 @@
-"""Engine, sessions and the one primitive state changes use: a conditional
-update (``UPDATE ... WHERE id = :id AND status IN (...)``), so that two API
-copies racing on the same volume cannot both succeed.
-"""
+"""Engine, ORM sessions (the rare paths) and Core transactions (the hot
+paths, through :mod:`tether.db.records`, whose ``Gateway.update`` is the one
+primitive state changes use: ``UPDATE ... WHERE id = :id AND status IN
+(...)``, so that two API copies racing on the same volume cannot both
+succeed)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, update
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
-
-from tether.db import models
 
 
 class Database:
@@ -28,6 +27,13 @@ class Database:
         """A unit of work: committed on success, rolled back on any error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A Core transaction (see :mod:`tether.db.records`): committed on
+        success, rolled back on any error."""
+        with self.engine.begin() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -54,26 +60,3 @@ def _make_engine(url: str) -> Engine:
         cur.close()
 
     return engine
-
-
-def conditional_update(
-    session: Session,
-    model: type[models.Base],
-    row_id: Any,
-    values: dict[str, Any],
-    expected: dict[str, Iterable[Any] | Any],
-) -> bool:
-    """Apply ``values`` to the row only if each expected column holds one of
-    the expected values; True if the row was updated."""
-    (pk,) = inspect(model).primary_key
-    stmt = update(model).where(pk == row_id)
-    for column, allowed in expected.items():
-        attr: InstrumentedAttribute[Any] = getattr(model, column)
-        if isinstance(allowed, (list, tuple, set, frozenset)):
-            stmt = stmt.where(attr.in_(list(allowed)))
-        else:
-            stmt = stmt.where(attr == allowed)
-    if "updated_at" not in values and hasattr(model, "updated_at"):
-        values = {**values, "updated_at": models.utcnow()}
-    result = session.execute(stmt.values(**values).execution_options(synchronize_session=False))
-    return bool(result.rowcount)  # type: ignore[attr-defined]

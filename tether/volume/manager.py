@@ -16,12 +16,12 @@ import secrets
 import threading
 from collections import defaultdict
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from tether.connection import ConnectionInfo
-from tether.db import api as db_api
 from tether.db import models
 from tether.db.api import Database
+from tether.db.records import ATTACHMENTS, VOLUMES, VolumeRecord
 from tether.exceptions import BackendError, InvalidVolume, VolumeNotFound
 from tether.states import attachment as att_states
 from tether.states import volume as vol_states
@@ -35,6 +35,11 @@ from tether.volume.targets.base import (
 )
 
 LOG = logging.getLogger(__name__)
+_A = ATTACHMENTS.columns
+# the ACL of an export: initiators of the volume's live, connected attachments
+_INITIATORS = select(_A["initiator"]).where(
+    _A["volume_id"] == bindparam("volume_id"), _A["deleted"].is_(False),
+    _A["initiator"].is_not(None), _A["attach_status"].in_(sorted(att_states.LIVE_STATES)))
 
 
 def _connection_info(volume_id: str, location: ExportLocation,
@@ -68,11 +73,11 @@ class VolumeManager:
     # -- volume data -------------------------------------------------------
 
     def create_volume(self, volume_id: str) -> None:
-        with self.db.session() as s:
-            vol = s.get(models.Volume, volume_id)
-            if vol is None:
-                raise VolumeNotFound(volume_id)
-            size = vol.size
+        with self.db.begin() as c:
+            vol = VOLUMES.get(c, volume_id)
+        if vol is None:
+            raise VolumeNotFound(volume_id)
+        size = vol.size
         chap = new_chap()
         try:
             self.backend.create(volume_id, size)
@@ -80,12 +85,11 @@ class VolumeManager:
             LOG.exception("creating volume %s failed", volume_id)
             self._set_status(volume_id, "create_fail")
             return
-        with self.db.session() as s:
-            db_api.conditional_update(
-                s, models.Volume, volume_id,
-                {"status": vol_states.AVAILABLE, "chap_username": chap.username,
-                 "chap_password": chap.password},
-                {"status": vol_states.MACHINE.sources("create_done")})
+        with self.db.begin() as c:
+            VOLUMES.update(c, volume_id,
+                           {"status": vol_states.AVAILABLE, "chap_username": chap.username,
+                            "chap_password": chap.password},
+                           {"status": vol_states.MACHINE.sources("create_done")})
         LOG.info("volume %s created (%d GiB)", volume_id, size)
 
     def delete_volume(self, volume_id: str) -> None:
@@ -97,21 +101,16 @@ class VolumeManager:
                 LOG.exception("deleting volume %s failed", volume_id)
                 self._set_status(volume_id, "delete_fail")
                 return
-            with self.db.session() as s:
-                vol = s.get(models.Volume, volume_id)
-                if vol is not None:
-                    vol.deleted = True
-                    vol.deleted_at = models.utcnow()
-                    vol.status = "deleted"
-                    vol.chap_password = None
+            with self.db.begin() as c:
+                VOLUMES.update(c, volume_id, {"deleted": True, "deleted_at": models.utcnow(),
+                                              "status": "deleted", "chap_password": None})
         LOG.info("volume %s deleted", volume_id)
 
     def _set_status(self, volume_id: str, event: str) -> None:
         tr = vol_states.MACHINE.transition(event)
         (target,) = tr.targets
-        with self.db.session() as s:
-            db_api.conditional_update(s, models.Volume, volume_id, {"status": target},
-                                      {"status": tr.sources})
+        with self.db.begin() as c:
+            VOLUMES.update(c, volume_id, {"status": target}, {"status": tr.sources})
 
     # -- exports -----------------------------------------------------------
 
@@ -119,18 +118,12 @@ class VolumeManager:
         """Make the target hold exactly the ACL of the volume's live
         attachments; how to reach it, or None when nothing is exported."""
         with self._lock(volume_id):
-            with self.db.session() as s:
-                vol = s.get(models.Volume, volume_id)
+            with self.db.begin() as c:
+                vol = VOLUMES.get(c, volume_id)
                 if vol is None or vol.deleted:
                     raise VolumeNotFound(volume_id)
-                initiators = frozenset(s.scalars(
-                    select(models.VolumeAttachment.initiator).where(
-                        models.VolumeAttachment.volume_id == volume_id,
-                        models.VolumeAttachment.deleted.is_(False),
-                        models.VolumeAttachment.initiator.is_not(None),
-                        models.VolumeAttachment.attach_status.in_(att_states.LIVE_STATES),
-                    )).all())
-                chap = self._chap(vol)
+                initiators = frozenset(c.scalars(_INITIATORS, {"volume_id": volume_id}))
+            chap = self._chap(vol)
             if not initiators:
                 self.target.unexport(volume_id)
                 LOG.info("volume %s: no live connection, export removed", volume_id)
@@ -144,15 +137,15 @@ class VolumeManager:
 
     def connection_info(self, volume_id: str) -> ConnectionInfo:
         """Where the volume's export is and how to log in, without touching the target."""
-        with self.db.session() as s:
-            vol = s.get(models.Volume, volume_id)
-            if vol is None:
-                raise VolumeNotFound(volume_id)
-            chap = self._chap(vol)
+        with self.db.begin() as c:
+            vol = VOLUMES.get(c, volume_id)
+        if vol is None:
+            raise VolumeNotFound(volume_id)
+        chap = self._chap(vol)
         return _connection_info(volume_id, self.target.location(volume_id), chap)
 
     @staticmethod
-    def _chap(vol: models.Volume) -> ChapCredentials:
+    def _chap(vol: VolumeRecord) -> ChapCredentials:
         if not vol.chap_username or not vol.chap_password:
             raise InvalidVolume(f"Volume {vol.id} has no CHAP credentials (status "
                                 f"{vol.status}); it cannot be exported.")

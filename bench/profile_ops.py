@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Where a Tether attach/detach spends its CPU: ``tether serve``'s services
+run in this process under yappi (CPU clock) while the main thread drives
+attach/detach cycles over HTTP; the main thread's own cost is left out.
+
+Prints the CPU per operation, the SQL statements and commits per operation
+(counted with SQLAlchemy events) and the top functions by own time.
+
+Usage: .venv/bin/python bench/profile_ops.py [--cycles 20] [--top 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import threading
+import time
+from typing import Any
+
+import httpx
+import yappi
+from sqlalchemy import event
+
+from tether import config, daemons
+from tether.service import Embedded, service_token
+
+
+def wait_status(http: httpx.Client, url: str, status: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while http.get(url).json()["volume"]["status"] != status:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"volume not {status}")
+        time.sleep(0.01)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cycles", type=int, default=20)
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--sql", action="store_true", help="print one cycle's statements")
+    args = ap.parse_args()
+    daemons.ensure_libvirtd()
+    daemons.ensure_tgtd(0)
+    state = tempfile.mkdtemp(prefix="tether-profile-")
+    conf = config.load(state_dir=state, overrides={"api": {"compute_port": 0,
+                                                             "volume_port": 0}})
+    app = Embedded(conf)
+    app.start()
+    counts: collections.Counter[str] = collections.Counter()
+    counting = threading.Event()
+    tracing = threading.Event()
+
+    @event.listens_for(app.db.engine, "before_cursor_execute")
+    def _stmt(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if counting.is_set():
+            counts["statements"] += 1
+        if tracing.is_set():
+            print(f"  [{threading.current_thread().name}] {' '.join(statement.split())[:150]}")
+
+    @event.listens_for(app.db.engine, "commit")
+    def _commit(*_: Any) -> None:
+        if counting.is_set():
+            counts["commits"] += 1
+
+    vport, cport = app.api.servers[0].port, app.api.servers[1].port
+    http = httpx.Client(headers={"X-Auth-Token": service_token(conf)}, timeout=30)
+    volume = f"http://127.0.0.1:{vport}/v3"
+    compute = f"http://127.0.0.1:{cport}/v2.1"
+    sid = http.post(f"{compute}/servers", json={"server": {"name": "profile",
+                                                           "flavorRef": "1"}}).json()[
+        "server"]["id"]
+    vid = http.post(f"{volume}/volumes", json={"volume": {"size": 1}}).json()["volume"]["id"]
+    vurl = f"{volume}/volumes/{vid}"
+    aurl = f"{compute}/servers/{sid}/os-volume_attachments"
+    try:
+        wait_status(http, vurl, "available")
+        deadline = time.monotonic() + 60
+        while http.get(f"{compute}/servers/{sid}").json()["server"]["status"] != "ACTIVE":
+            if time.monotonic() > deadline:
+                raise RuntimeError("server not ACTIVE")
+            time.sleep(0.05)
+
+        def cycle() -> None:
+            http.post(aurl, json={"volumeAttachment": {"volumeId": vid}}).raise_for_status()
+            wait_status(http, vurl, "in-use")
+            http.delete(f"{aurl}/{vid}").raise_for_status()
+            wait_status(http, vurl, "available")
+
+        cycle()
+        if args.sql:
+            tracing.set()
+            cycle()
+            tracing.clear()
+        # first without the profiler: the service's CPU is the process's
+        # minus what this (the client's) thread used
+        counting.set()
+        p0, t0 = time.process_time(), time.thread_time()
+        for _ in range(args.cycles):
+            cycle()
+        service_cpu = (time.process_time() - p0) - (time.thread_time() - t0)
+        counting.clear()
+        yappi.set_clock_type("cpu")
+        yappi.start(builtins=False)
+        for _ in range(args.cycles):
+            cycle()
+        yappi.stop()
+    finally:
+        http.delete(f"{compute}/servers/{sid}")
+        deadline = time.monotonic() + 30
+        while http.get(f"{compute}/servers/{sid}").status_code != 404:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        app.stop()
+    ops = 2 * args.cycles
+    print(f"service CPU per operation: {service_cpu / ops * 1000:.2f} ms "
+          "(including the status polls it answered)")
+    print(f"SQL per operation: {counts['statements'] / ops:.1f} statements, "
+          f"{counts['commits'] / ops:.1f} commits (status polls included)")
+    # merge the service threads' function stats (not the client's)
+    own: collections.Counter[str] = collections.Counter()
+    tot: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    for t in yappi.get_thread_stats():
+        if t.name == "_MainThread":
+            continue
+        for fs in yappi.get_func_stats(ctx_id=t.id):
+            key = f"{fs.module.split('site-packages/')[-1]}:{fs.lineno} {fs.name}"
+            own[key] += fs.tsub
+            tot[key] += fs.ttot
+            calls[key] += fs.ncall
+    total = sum(own.values())
+    print(f"profile shares (yappi inflates times): {'own %':>6} {'tot %':>6} {'calls/op':>8}")
+    for key, value in own.most_common(args.top):
+        print(f"{value / total * 100:6.1f} {tot[key] / total * 100:6.1f} "
+              f"{calls[key] / ops:8.1f}  {key}")
+    print("tether functions by total share:")
+    mine = [k for k in tot if "/tether/" in k]
+    for key in sorted(mine, key=lambda k: -tot[k])[:args.top]:
+        print(f"{own[key] / total * 100:6.1f} {tot[key] / total * 100:6.1f} "
+              f"{calls[key] / ops:8.1f}  {key.split('/tether/')[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Rows as plain frozen records, read and written with Core statements that
+are built once.
+
+An attach or a detach touches the same few rows (volume, attachment, server,
+block device mapping) a dozen times, on the request path.  Through an ORM
+session each touch cost about three times a Core statement (measured here:
+305 µs for a session with one read against 88 µs for a connection with one;
+inside an open transaction 123 µs against 48 µs per statement), and that was
+most of the service's CPU per operation.  So the hot paths read records and
+write explicit UPDATEs through a :class:`Gateway`; the ORM models stay the
+one definition of the schema (and serve the rare paths).
+
+A record's fields are the model's attributes, in order; a unit test checks
+they have not drifted apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.sql.dml import Update
+
+from tether.db import models
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRecord:
+    id: str
+    project_id: str
+    user_id: str
+    name: str | None
+    description: str | None
+    size: int
+    status: str
+    multiattach: bool
+    meta: dict[str, Any]
+    host: str | None
+    service_uuid: str | None
+    shared_targets: bool
+    availability_zone: str
+    chap_username: str | None
+    chap_password: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime | None
+    deleted_at: dt.datetime | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRecord:
+    id: str
+    volume_id: str
+    instance_uuid: str | None
+    attached_host: str | None
+    initiator: str | None
+    connector: dict[str, Any] | None
+    mountpoint: str | None
+    attach_status: str
+    attach_mode: str
+    attached_at: dt.datetime | None
+    detached_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime | None
+    deleted_at: dt.datetime | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    id: int
+    uuid: str
+    host: str
+    binary: str
+    topic: str
+    disabled: bool
+    report_count: int
+    last_seen_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime | None
+    deleted_at: dt.datetime | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    uuid: str
+    name: str
+    project_id: str
+    user_id: str
+    host: str | None
+    flavor_id: str
+    vcpus: int
+    memory_mb: int
+    image_ref: str | None
+    vm_state: str
+    task_state: str | None
+    power_state: int
+    locked: bool
+    locked_by: str | None
+    meta: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime | None
+    deleted_at: dt.datetime | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BdmRecord:
+    id: int
+    uuid: str
+    instance_uuid: str
+    volume_id: str | None
+    attachment_id: str | None
+    device_name: str | None
+    disk_bus: str | None
+    boot_index: int | None
+    source_type: str
+    destination_type: str
+    connection_info: dict[str, Any] | None
+    tag: str | None
+    delete_on_termination: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime | None
+    deleted_at: dt.datetime | None
+    deleted: bool
+
+
+R = TypeVar("R")
+Expected = Mapping[str, Any]  # column -> allowed value, or a collection of allowed values
+_COLLECTIONS = (list, tuple, set, frozenset)
+
+
+class Gateway(Generic[R]):
+    """One table: records in, records out, statements compiled once per shape."""
+
+    def __init__(self, model: type[models.Base], record: type[R]) -> None:
+        mapper = inspect(model)
+        self.record = record
+        assert isinstance(model.__table__, Table)
+        self.table: Table = model.__table__
+        # attribute name -> column ("meta" -> the "metadata" column)
+        self.columns: dict[str, Column[Any]] = {
+            p.key: p.columns[0] for p in mapper.column_attrs}  # type: ignore[misc]
+        (self.pk,) = mapper.primary_key
+        self.select: Select[Any] = select(*[c.label(k) for k, c in self.columns.items()])
+        self._by_pk = self.select.where(self.pk == bindparam("pk_"))
+        self._insert = insert(self.table).returning(
+            *[c.label(k) for k, c in self.columns.items()])
+        self._updates: dict[tuple[Any, ...], Update] = {}
+        self._guard = threading.Lock()
+
+    def fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.record))  # type: ignore[arg-type]
+
+    def get(self, conn: Connection, pk: Any) -> R | None:
+        row = conn.execute(self._by_pk, {"pk_": pk}).first()
+        return self.record(*row) if row is not None else None
+
+    def all(self, conn: Connection, stmt: Select[Any],
+            params: Mapping[str, Any] | None = None) -> list[R]:
+        """Records of ``stmt`` (built from :attr:`select`)."""
+        return [self.record(*row) for row in conn.execute(stmt, params or {})]
+
+    def first(self, conn: Connection, stmt: Select[Any],
+              params: Mapping[str, Any] | None = None) -> R | None:
+        row = conn.execute(stmt, params or {}).first()
+        return self.record(*row) if row is not None else None
+
+    def insert(self, conn: Connection, values: Mapping[str, Any]) -> R:
+        """Insert a row (column defaults apply) and return it as a record."""
+        row = conn.execute(self._insert, {self.columns[k].key: v for k, v in values.items()})
+        return self.record(*row.one())
+
+    def update(self, conn: Connection, pk: Any, values: Mapping[str, Any],
+               expected: Expected | None = None) -> bool:
+        """``UPDATE ... SET values WHERE pk AND each expected column holds (one
+        of) its expected value(s)``; True if the row was updated.  The state
+        sets of ``expected`` are part of the statement, so a statement is
+        compiled once per (columns, states) shape and reused."""
+        expected = expected or {}
+        shape = (tuple(values), tuple((c, _expectation(v)) for c, v in expected.items()))
+        stmt = self._updates.get(shape)
+        if stmt is None:
+            stmt = self._build_update(values, expected)
+            with self._guard:
+                self._updates[shape] = stmt
+        params = {f"v_{k}": v for k, v in values.items()}
+        params["pk_"] = pk
+        for column, allowed in expected.items():
+            if _expectation(allowed) == "=":
+                params[f"e_{column}"] = allowed
+        return bool(conn.execute(stmt, params).rowcount)
+
+    def _build_update(self, values: Iterable[str], expected: Expected) -> Update:
+        stmt = update(self.table).where(self.pk == bindparam("pk_"))
+        for name, allowed in expected.items():
+            column = self.columns[name]
+            how = _expectation(allowed)
+            if isinstance(how, tuple):
+                stmt = stmt.where(column.in_(how))
+            elif how == "null":
+                stmt = stmt.where(column.is_(None))
+            else:
+                stmt = stmt.where(column == bindparam(f"e_{name}"))
+        return stmt.values({self.columns[k].key: bindparam(f"v_{k}") for k in values})
+
+
+def _expectation(allowed: Any) -> tuple[Any, ...] | str:
+    """How an expected value constrains its column: a fixed set of states
+    (part of the statement), IS NULL, or equality with a parameter."""
+    if isinstance(allowed, _COLLECTIONS):
+        return tuple(sorted(allowed))
+    return "null" if allowed is None else "="
+
+
+def by(gateway: Gateway[Any], *conditions: Any,
+       order: Sequence[Any] = ()) -> Select[Any]:
+    """A statement of the gateway's records filtered by ``conditions``."""
+    return gateway.select.where(*conditions).order_by(*order)
+
+
+VOLUMES = Gateway(models.Volume, VolumeRecord)
+ATTACHMENTS = Gateway(models.VolumeAttachment, AttachmentRecord)
+SERVICES = Gateway(models.Service, ServiceRecord)
+INSTANCES = Gateway(models.Instance, InstanceRecord)
+BDMS = Gateway(models.BlockDeviceMapping, BdmRecord)
