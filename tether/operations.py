@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from tether.context import RequestContext
 from tether.db import models
@@ -20,6 +22,7 @@ from tether.db.api import Database
 from tether.states import operation as op_states
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # step names, in the order the spec gives them
 DETACH_STEPS = ("s1:compute_api", "s1.1:driver_detach", "s1.1.1:guest_device_removal",
@@ -49,6 +52,33 @@ class Operations:
     def __init__(self, db: Database, host: str | None) -> None:
         self.db = db
         self.host = host
+        self._local = threading.local()  # .pending: finished steps not yet written
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Within the block (one thread's run of a flow), a step's successful
+        finish is written together with the flow's next write (the next
+        step's start, the action's finish) instead of in a transaction of its
+        own: half the commits, and the record still shows each step the
+        moment it starts.  A failure is written at once; whatever is still
+        pending when the block ends is written then."""
+        self._local.pending = []
+        try:
+            yield
+        finally:
+            if self._local.pending:
+                self._write(lambda conn: None)
+            self._local.pending = None
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a transaction that also writes the pending finishes."""
+        pending: list[dict[str, object]] = getattr(self._local, "pending", None) or []
+        with self.db.engine.begin() as conn:
+            if pending:
+                conn.execute(_END_EVENT, pending)
+            result = work(conn)
+        pending.clear()  # only once committed
+        return result
 
     def start_action(self, ctx: RequestContext, instance_uuid: str, action: str,
                      resource_id: str | None = None, done_step: str | None = None,
@@ -56,7 +86,8 @@ class Operations:
         """Record an action.  ``done_step``: a step already done by then (the
         API's checks, begun at ``started``), recorded in the same transaction."""
         now = models.utcnow()
-        with self.db.engine.begin() as conn:
+
+        def write(conn: Connection) -> int:
             action_id = conn.execute(_NEW_ACTION, {
                 "request_id": ctx.request_id, "instance_uuid": instance_uuid,
                 "action": action, "project_id": ctx.project_id, "user_id": ctx.user_id,
@@ -66,7 +97,9 @@ class Operations:
                     "action_id": action_id, "event": done_step, "start_time": started or now,
                     "finish_time": now, "host": self.host, "result": op_states.SUCCESS,
                     "details": None})
-        return ActionRef(int(action_id), instance_uuid, ctx.request_id)
+            return int(action_id)
+
+        return ActionRef(self._write(write), instance_uuid, ctx.request_id)
 
     @contextlib.contextmanager
     def step(self, action: ActionRef, event: str, host: str | None = None,
@@ -74,11 +107,9 @@ class Operations:
         """Record ``event`` around the block: Success, or Error with the
         traceback; the exception propagates.  ``started``: when the step
         really began, if before the action was recorded."""
-        with self.db.engine.begin() as conn:
-            event_id = conn.execute(_NEW_EVENT, {
-                "action_id": action.id, "event": event,
-                "start_time": started or models.utcnow(),
-                "host": host or self.host}).scalar_one()
+        event_id: int = self._write(lambda conn: conn.execute(_NEW_EVENT, {
+            "action_id": action.id, "event": event, "start_time": started or models.utcnow(),
+            "host": host or self.host}).scalar_one())
         try:
             yield
         except BaseException as exc:
@@ -86,29 +117,32 @@ class Operations:
             self._finish_event(event_id, op_states.MACHINE.check("fail", op_states.RUNNING,
                                                                  event), tb, str(exc))
             raise
-        self._finish_event(event_id, op_states.SUCCESS, None, None)
+        done = {"event_id": event_id, "finish_time": models.utcnow(),
+                "result": op_states.SUCCESS, "traceback": None, "details": None}
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append(done)
+        else:
+            self._write(lambda conn: conn.execute(_END_EVENT, done))
 
     def record(self, action: ActionRef, event: str, result: str, details: str) -> None:
         """A step that happened without work of its own (e.g. a skip), with why."""
         now = models.utcnow()
-        with self.db.engine.begin() as conn:
-            conn.execute(_NEW_EVENT, {
-                "action_id": action.id, "event": event, "start_time": now,
-                "finish_time": now, "host": self.host, "result": result,
-                "details": details})
+        self._write(lambda conn: conn.execute(_NEW_EVENT, {
+            "action_id": action.id, "event": event, "start_time": now, "finish_time": now,
+            "host": self.host, "result": result, "details": details}).close())
 
     def _finish_event(self, event_id: int, result: str, tb: str | None,
                       details: str | None) -> None:
-        with self.db.engine.begin() as conn:
-            conn.execute(_END_EVENT, {"event_id": event_id, "finish_time": models.utcnow(),
-                                      "result": result, "traceback": tb,
-                                      "details": details})
+        self._write(lambda conn: conn.execute(_END_EVENT, {
+            "event_id": event_id, "finish_time": models.utcnow(), "result": result,
+            "traceback": tb, "details": details}))
 
     def finish_action(self, action: ActionRef, message: str | None = None) -> None:
-        with self.db.engine.begin() as conn:
-            conn.execute(_END_ACTION, {"action_id": action.id,
-                                       "finish_time": models.utcnow(), "message": message,
-                                       "updated_at": models.utcnow()})
+        now = models.utcnow()
+        self._write(lambda conn: conn.execute(_END_ACTION, {
+            "action_id": action.id, "finish_time": now, "message": message,
+            "updated_at": now}))
 
     def unfinished(self, host: str, actions: tuple[str, ...],
                    started_before: dt.datetime | None = None) -> list[models.InstanceAction]:

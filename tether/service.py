@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from oslo_config import cfg
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from waitress.server import create_server
 
 from tether import config
@@ -32,12 +31,13 @@ from tether.compute.images import LocalImages
 from tether.compute.locks import HostLocks
 from tether.compute.manager import ComputeEndpoint, ComputeManager
 from tether.compute.rpcapi import ComputeRpcApi
-from tether.compute.volume_client import VolumeClient
+from tether.compute.volume_client import HttpTransport, Transport, VolumeClient, WsgiTransport
 from tether.connectors.base import VolumeConnector
 from tether.connectors.initiator import host_initiator_iqn
 from tether.connectors.iscsi_direct import IscsiDirectConnector
 from tether.db import migrate, models
 from tether.db.api import Database
+from tether.db.records import SERVICES, ServiceRecord, by
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
 from tether.notifications import Notifier
@@ -147,15 +147,16 @@ class Heartbeat:
         self._periodic.stop()
 
 
-def live_services(db: Database, binary: str, down_after: float) -> list[models.Service]:
+_S = SERVICES.columns
+_LIVE_SERVICES = by(SERVICES, _S["binary"] == bindparam("binary"), _S["disabled"].is_(False),
+                    _S["last_seen_at"] >= bindparam("cutoff"))
+
+
+def live_services(db: Database, binary: str, down_after: float) -> list[ServiceRecord]:
+    """Services of ``binary`` with a heartbeat in the last ``down_after`` seconds."""
     cutoff = models.utcnow() - dt.timedelta(seconds=down_after)
-    with db.session() as s:
-        rows = list(s.scalars(select(models.Service).where(
-            models.Service.binary == binary, models.Service.disabled.is_(False),
-            models.Service.last_seen_at >= cutoff)).all())
-        for r in rows:
-            s.expunge(r)
-        return rows
+    with db.begin() as c:
+        return SERVICES.all(c, _LIVE_SERVICES, {"binary": binary, "cutoff": cutoff})
 
 
 def volume_host_picker(db: Database, down_after: float) -> Any:
@@ -265,13 +266,14 @@ class ComputeService:
 
     def __init__(self, conf: cfg.ConfigOpts, db: Database, rpc: Rpc,
                  drivers: Drivers = Drivers(),
-                 volume_transport: httpx.BaseTransport | None = None) -> None:
+                 volume_transport: Transport | None = None) -> None:
         self.conf = conf
         self.virt = drivers.virt if drivers.virt is not None else make_virt(conf)
         self.connector = (drivers.connector if drivers.connector is not None
                           else make_connector(conf, self.virt))
-        self.volumes = VolumeClient(config.volume_endpoint(conf), service_token(conf),
-                                    transport=volume_transport)
+        self.volumes = VolumeClient(
+            volume_transport or HttpTransport(config.volume_endpoint(conf), timeout=60.0),
+            service_token(conf))
         policy = DetachPolicy(conf.compute.device_detach_timeout,
                               conf.compute.device_detach_attempts)
         images = LocalImages(config.images_dir(conf), config.instances_dir(conf),
@@ -313,10 +315,11 @@ class ApiService:
             db, VolumeRpcApi(rpc), volume_host_picker(db, down),
             in_use=_bdm_in_use(db), shared_targets=conf.volume.shared_targets)
         self.volume_app = block_storage.create_app(self.volume_api, auth)
-        self.volume_transport = (httpx.WSGITransport(app=self.volume_app)
-                                 if volume_in_process else None)
-        self.volume_client = VolumeClient(config.volume_endpoint(conf), service_token(conf),
-                                          transport=self.volume_transport)
+        endpoint = config.volume_endpoint(conf)
+        self.volume_transport: Transport = (
+            WsgiTransport(self.volume_app, endpoint) if volume_in_process
+            else HttpTransport(endpoint, timeout=60.0))
+        self.volume_client = VolumeClient(self.volume_transport, service_token(conf))
         self.compute_api = ComputeAPI(
             db, ComputeRpcApi(rpc), self.volume_client,
             lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],

@@ -16,6 +16,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from sqlalchemy import bindparam
+
 from tether.compute.detach import Notify
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo
@@ -23,10 +25,12 @@ from tether.connectors.base import VolumeConnector
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.records import BDMS, by
 from tether.operations import ActionRef, Operations
 from tether.virt import driver as virt
 
 LOG = logging.getLogger(__name__)
+_BDM_BY_UUID = by(BDMS, BDMS.columns["uuid"] == bindparam("uuid"))
 
 
 class AttachFlow:
@@ -43,10 +47,13 @@ class AttachFlow:
 
     def run(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
             action: ActionRef) -> bool:
-        with self.db.session() as s:
-            bdm = s.query(models.BlockDeviceMapping).filter_by(uuid=bdm_uuid).one_or_none()
-            if bdm is not None:
-                s.expunge(bdm)
+        with self.ops.batched():
+            return self._run(ctx, instance_uuid, bdm_uuid, action)
+
+    def _run(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
+             action: ActionRef) -> bool:
+        with self.db.begin() as c:
+            bdm = BDMS.first(c, _BDM_BY_UUID, {"uuid": bdm_uuid})
         if bdm is None or bdm.deleted or bdm.volume_id is None or bdm.attachment_id is None:
             LOG.warning("attach: block device mapping %s is gone", bdm_uuid)
             self.ops.finish_action(action, "Error")
@@ -80,10 +87,8 @@ class AttachFlow:
             self.ops.finish_action(action, "Error")
             self.notify(ctx, "volume.attach.error", payload, True)
             return False
-        with self.db.session() as s:
-            row = s.get(models.BlockDeviceMapping, bdm.id)
-            if row is not None:
-                row.connection_info = _without_secret(info)
+        with self.db.begin() as c:
+            BDMS.update(c, bdm.id, {"connection_info": _without_secret(info)})
         self.ops.finish_action(action)
         self.notify(ctx, "volume.attach.end", payload, False)
         LOG.info("volume %s attached to instance %s as %s", volume_id, instance_uuid,
@@ -106,10 +111,8 @@ class AttachFlow:
             self.volumes.attachment_delete(attachment_id)  # unexport; volume available
         except Exception:
             LOG.exception("attach rollback: deleting attachment %s failed", attachment_id)
-        with self.db.session() as s:
-            row = s.get(models.BlockDeviceMapping, bdm_id)
-            if row is not None:
-                row.deleted, row.deleted_at = True, models.utcnow()
+        with self.db.begin() as c:
+            BDMS.update(c, bdm_id, {"deleted": True, "deleted_at": models.utcnow()})
 
 
 def _dev(device_name: str | None) -> str:

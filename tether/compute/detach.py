@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo, Connector
@@ -27,12 +27,22 @@ from tether.connectors.base import VolumeConnector
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.records import BDMS, INSTANCES, BdmRecord, by
 from tether.operations import ActionRef, Operations
 from tether.virt import driver as virt
 
 LOG = logging.getLogger(__name__)
 # (context, event type, payload, is_error): see tether.notifications
 Notify = Callable[[RequestContext, str, dict[str, Any], bool], None]
+
+_B, _I = BDMS.columns, INSTANCES.columns
+_LIVE_BDM = by(BDMS, _B["instance_uuid"] == bindparam("server_id"),
+               _B["volume_id"] == bindparam("volume_id"), _B["deleted"].is_(False))
+# another server on this host still maps the volume (multiattach)
+_OTHER_USERS_ON_HOST = select(_B["id"]).join(
+    INSTANCES.table, _I["uuid"] == _B["instance_uuid"]).where(
+    _B["volume_id"] == bindparam("volume_id"), _B["deleted"].is_(False),
+    _B["instance_uuid"] != bindparam("server_id"), _I["host"] == bindparam("host")).limit(1)
 
 
 @dataclass(frozen=True)
@@ -58,14 +68,14 @@ class DetachFlow:
             attachment_id: str | None, action: ActionRef) -> bool:
         """Detach; True on success.  Failures are recorded on the action (the
         caller is a cast: nobody waits for an exception)."""
-        with self.db.session() as s:
-            bdm = s.scalars(select(models.BlockDeviceMapping).where(
-                models.BlockDeviceMapping.instance_uuid == instance_uuid,
-                models.BlockDeviceMapping.volume_id == volume_id,
-                models.BlockDeviceMapping.deleted.is_(False))).first()
-            inst = s.get(models.Instance, instance_uuid)
-            if bdm is not None:
-                s.expunge(bdm)
+        with self.ops.batched():
+            return self._run(ctx, instance_uuid, volume_id, attachment_id, action)
+
+    def _run(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
+             attachment_id: str | None, action: ActionRef) -> bool:
+        with self.db.begin() as c:
+            bdm = BDMS.first(c, _LIVE_BDM, {"server_id": instance_uuid, "volume_id": volume_id})
+            inst = INSTANCES.get(c, instance_uuid)
         if bdm is None or inst is None:
             LOG.warning("detach of volume %s from %s: no block device mapping, nothing to do",
                         volume_id, instance_uuid)
@@ -126,7 +136,7 @@ class DetachFlow:
             elif info is not None:
                 self.connector.disconnect(info)
 
-    def _legacy_connector(self, bdm: models.BlockDeviceMapping,
+    def _legacy_connector(self, bdm: BdmRecord,
                           instance_host: str | None) -> Connector:
         """The connector to terminate an old-flow connection with: this host's,
         unless the BDM stashed the connector of another host (the server was
@@ -152,21 +162,15 @@ class DetachFlow:
         return mine
 
     def _mark_bdm(self, bdm_id: int, deleted: bool) -> None:
-        with self.db.session() as s:
-            row = s.get(models.BlockDeviceMapping, bdm_id)
-            if row is not None:
-                row.deleted, row.deleted_at = deleted, models.utcnow() if deleted else None
+        with self.db.begin() as c:
+            BDMS.update(c, bdm_id, {"deleted": deleted,
+                                    "deleted_at": models.utcnow() if deleted else None})
 
     def _other_users_on_host(self, instance_uuid: str, volume_id: str) -> bool:
-        with self.db.session() as s:
-            others = s.scalars(select(models.BlockDeviceMapping.id).join(
-                models.Instance,
-                models.Instance.uuid == models.BlockDeviceMapping.instance_uuid).where(
-                models.BlockDeviceMapping.volume_id == volume_id,
-                models.BlockDeviceMapping.deleted.is_(False),
-                models.BlockDeviceMapping.instance_uuid != instance_uuid,
-                models.Instance.host == self.host)).first()
-            return others is not None
+        with self.db.begin() as c:
+            return c.execute(_OTHER_USERS_ON_HOST, {
+                "volume_id": volume_id, "server_id": instance_uuid,
+                "host": self.host}).first() is not None
 
     def _roll_back(self, volume_id: str, action: ActionRef, exc: Exception) -> None:
         if isinstance(exc, virt.DeviceDetachFailed):
@@ -180,7 +184,7 @@ class DetachFlow:
         self.ops.finish_action(action, "Error")
 
 
-def _connection_info(bdm: models.BlockDeviceMapping) -> ConnectionInfo | None:
+def _connection_info(bdm: BdmRecord) -> ConnectionInfo | None:
     if not bdm.connection_info:
         return None
     return ConnectionInfo.from_dict(bdm.connection_info)

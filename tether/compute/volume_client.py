@@ -1,18 +1,28 @@
 """The compute side's only way to block storage: the Cinder v3 REST API.
 
-A small typed client (one keep-alive HTTP connection pool per process) that
-authenticates with the service token, like Nova's service user.  Errors come
-back as the domain errors the Compute API maps to the right status (404 for a
-missing volume, 400 for a refused state change), so a storage answer passes
-through to the user unchanged.
+A small typed client that authenticates with the service token, like Nova's
+service user.  Errors come back as the domain errors the Compute API maps to
+the right status (404 for a missing volume, 400 for a refused state change),
+so a storage answer passes through to the user unchanged.
+
+Two transports carry the same REST requests: :class:`HttpTransport` (a
+keep-alive connection pool; the distributed mode) and :class:`WsgiTransport`
+(``tether serve``: the Block Storage WSGI app called in this process, with no
+socket and no HTTP client library — which cost about as much CPU as the
+request's own work).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -59,44 +69,135 @@ class AttachmentRef:
     connection_info: ConnectionInfo | None
 
 
-class VolumeClient:
-    def __init__(self, endpoint: str, service_token: str, timeout: float = 60.0,
-                 retries: int = 3, transport: httpx.BaseTransport | None = None) -> None:
+class TransportFailed(Exception):
+    """The request never got an answer (connection refused, reset ...)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+class Transport(Protocol):
+    def request(self, method: str, path: str, headers: dict[str, str],
+                body: bytes | None) -> Reply:
+        """``path`` is relative to the endpoint (``/volumes/...``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class HttpTransport:
+    def __init__(self, endpoint: str, timeout: float) -> None:
         self.endpoint = endpoint.rstrip("/")
-        self.retries = retries
-        self._http = httpx.Client(timeout=timeout, transport=transport, headers={
-            "X-Auth-Token": service_token, "OpenStack-API-Version": MICROVERSION})
+        self._http = httpx.Client(timeout=timeout)
+
+    def request(self, method: str, path: str, headers: dict[str, str],
+                body: bytes | None) -> Reply:
+        try:
+            resp = self._http.request(method, self.endpoint + path, headers=headers,
+                                      content=body)
+        except httpx.TransportError as exc:
+            raise TransportFailed(f"block storage unreachable at {self.endpoint}: "
+                                  f"{exc}") from exc
+        return Reply(resp.status_code, resp.content)
 
     def close(self) -> None:
         self._http.close()
 
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class WsgiTransport:
+    """The request as a WSGI environ, handed to the app in this thread."""
+
+    def __init__(self, app: WsgiApp, endpoint: str) -> None:
+        self.app = app
+        url = urlsplit(endpoint)
+        self.prefix = url.path.rstrip("/")
+        self.server = (url.hostname or "localhost", str(url.port or 80))
+
+    def request(self, method: str, path: str, headers: dict[str, str],
+                body: bytes | None) -> Reply:
+        path, _, query = (self.prefix + path).partition("?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path,
+            "QUERY_STRING": query, "SERVER_NAME": self.server[0],
+            "SERVER_PORT": self.server[1], "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body or b""), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "CONTENT_LENGTH": str(len(body or b"")),
+        }
+        for name, value in headers.items():
+            key = name.upper().replace("-", "_")
+            environ[key if key == "CONTENT_TYPE" else f"HTTP_{key}"] = value
+        status: list[str] = []
+
+        def start_response(line: str, _headers: Any, _exc_info: Any = None) -> Any:
+            status.append(line)
+            return lambda _data: None
+
+        result = self.app(environ, start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return Reply(int(status[-1].split(" ", 1)[0]), content)
+
+    def close(self) -> None:
+        pass
+
+
+class VolumeClient:
+    def __init__(self, transport: Transport, service_token: str, retries: int = 3) -> None:
+        self.transport = transport
+        self.retries = retries
+        self._headers = {"X-Auth-Token": service_token, "OpenStack-API-Version": MICROVERSION,
+                         "Content-Type": "application/json", "Accept": "application/json"}
+
+    @classmethod
+    def over_http(cls, endpoint: str, service_token: str, timeout: float = 60.0
+                  ) -> VolumeClient:
+        return cls(HttpTransport(endpoint, timeout), service_token)
+
+    def close(self) -> None:
+        self.transport.close()
+
     def _call(self, method: str, path: str, body: Any = None, *,
               not_found: TetherError | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
         for attempt in range(self.retries + 1):
             try:
-                resp = self._http.request(method, self.endpoint + path, json=body)
-            except httpx.TransportError as exc:
+                resp = self.transport.request(method, path, self._headers, data)
+            except TransportFailed as exc:
                 if attempt == self.retries:
-                    raise BackendError(f"block storage unreachable at {self.endpoint}: "
-                                       f"{exc}") from exc
+                    raise BackendError(str(exc)) from exc
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            if resp.status_code in RETRY_STATUSES and attempt < self.retries:
+            if resp.status in RETRY_STATUSES and attempt < self.retries:
                 LOG.warning("block storage %s %s answered %d; retrying", method, path,
-                            resp.status_code)
+                            resp.status)
                 time.sleep(0.2 * (attempt + 1))
                 continue
             break
-        if resp.status_code < 400:
-            return resp.json() if resp.content else None
+        if resp.status < 400:
+            return resp.json()
         message = _message(resp)
-        if resp.status_code == 404 and not_found is not None:
+        if resp.status == 404 and not_found is not None:
             raise not_found
-        if resp.status_code in (400, 404):
+        if resp.status in (400, 404):
             raise InvalidVolume(message)
-        if resp.status_code == 409:
+        if resp.status == 409:
             raise Conflict(message)
-        raise BackendError(f"block storage {method} {path} failed ({resp.status_code}): "
+        raise BackendError(f"block storage {method} {path} failed ({resp.status}): "
                            f"{message}")
 
     # volumes
@@ -154,9 +255,9 @@ class VolumeClient:
             LOG.info("attachment %s already deleted", attachment_id)
 
 
-def _message(resp: httpx.Response) -> str:
+def _message(resp: Reply) -> str:
     try:
         (fault,) = resp.json().values()
         return str(fault["message"])
     except Exception:
-        return resp.text[:300]
+        return resp.body[:300].decode(errors="replace")

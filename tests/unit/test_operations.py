@@ -1,0 +1,85 @@
+"""Instance actions and their step events, written as the steps happen."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, insert, select
+
+from tether.context import RequestContext
+from tether.db import migrate, models
+from tether.db.api import Database
+from tether.operations import ActionRef, Operations
+
+
+@pytest.fixture
+def db() -> Database:
+    database = Database("sqlite://")
+    migrate.upgrade(database)
+    with database.engine.begin() as c:
+        c.execute(insert(models.Instance), {
+            "uuid": "i1", "name": "s", "project_id": "p", "user_id": "u", "flavor_id": "1",
+            "vcpus": 1, "memory_mb": 64, "vm_state": "active"})
+    return database
+
+
+def _events(db: Database) -> list[tuple[str, str | None]]:
+    with db.engine.connect() as c:
+        return [(r.event, r.result) for r in c.execute(
+            select(models.InstanceActionEvent).order_by(models.InstanceActionEvent.id))]
+
+
+def _commits(db: Database) -> list[int]:
+    counter = [0]
+    event.listen(db.engine, "commit", lambda _conn: counter.__setitem__(0, counter[0] + 1))
+    return counter
+
+
+def _action(ops: Operations) -> ActionRef:
+    ctx = RequestContext(user_id="u", project_id="p")
+    return ops.start_action(ctx, "i1", "attach_volume", "v1", done_step="a1:compute_api")
+
+
+def test_start_action_records_the_api_step_with_it(db: Database) -> None:
+    commits = _commits(db)
+    _action(Operations(db, "h"))
+    assert commits[0] == 1
+    assert _events(db) == [("a1:compute_api", "Success")]
+
+
+def test_unbatched_steps_write_start_and_finish_each(db: Database) -> None:
+    ops = Operations(db, "h")
+    action = _action(ops)
+    commits = _commits(db)
+    with ops.step(action, "a1.1"):
+        assert _events(db)[-1] == ("a1.1", None)  # visible while it runs
+    assert _events(db)[-1] == ("a1.1", "Success")
+    assert commits[0] == 2
+
+
+def test_batched_finish_rides_on_the_next_write(db: Database) -> None:
+    ops = Operations(db, "h")
+    action = _action(ops)
+    commits = _commits(db)
+    with ops.batched():
+        with ops.step(action, "a1.1"):
+            pass
+        assert _events(db)[-1] == ("a1.1", None)  # its finish waits for the next write
+        with ops.step(action, "a2"):
+            assert _events(db)[-2:] == [("a1.1", "Success"), ("a2", None)]
+        ops.finish_action(action)
+        assert _events(db)[-1] == ("a2", "Success")
+    assert commits[0] == 3  # two starts and the action's finish
+
+
+def test_batched_failure_is_written_at_once_and_pending_at_the_end(db: Database) -> None:
+    ops = Operations(db, "h")
+    action = _action(ops)
+    with pytest.raises(RuntimeError), ops.batched():
+        with ops.step(action, "s1.1"):
+            pass
+        with ops.step(action, "s1.1.1"):
+            raise RuntimeError("guest refused")
+    assert _events(db)[1:] == [("s1.1", "Success"), ("s1.1.1", "Error")]
+    with ops.batched(), ops.step(action, "s2"):
+        pass
+    assert _events(db)[-1] == ("s2", "Success")  # written when the block ended
