@@ -236,6 +236,19 @@ class HttpServer:
     def port(self) -> int:
         return int(self.server.effective_port)
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every connection from inside the server's
+        own loop (closing them from another thread races with its poll and
+        can raise there), then stop the worker threads."""
+
+        def close_all() -> None:
+            for channel in list(self.server._map.values()):
+                channel.close()
+
+        self.server.trigger.pull_trigger(close_all)
+        self.thread.join(timeout=timeout)
+        self.server.task_dispatcher.shutdown()
+
 
 def serve_http(name: str, app: WsgiApp, host: str, port: int, threads: int) -> HttpServer:
     server = create_server(app, host=host, port=port, threads=threads, ident="tether",
@@ -336,9 +349,7 @@ class ApiService:
 
     def stop(self) -> None:
         for srv in self.servers:
-            srv.server.close()
-        for srv in self.servers:
-            srv.thread.join(timeout=5)
+            srv.stop()
         self.servers.clear()
         self.volume_client.close()
 

@@ -18,6 +18,7 @@ from tether.compute.volume_client import (
     WsgiTransport,
 )
 from tether.exceptions import BackendError, Conflict, InvalidVolume, VolumeNotFound
+from tether.service import HttpServer
 
 SEEN: list[dict[str, Any]] = []
 
@@ -54,8 +55,8 @@ def http_endpoint() -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}/v3"
-    server.close()
-    thread.join(timeout=5)
+    HttpServer("test", server, thread).stop()
+    assert not thread.is_alive()
 
 
 @pytest.fixture(params=["http", "wsgi"])
