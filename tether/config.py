@@ -77,10 +77,19 @@ compute_opts = [
                help="Bus of attached volumes when the request names no device: scsi "
                     "(virtio-scsi, sdX) or virtio (virtio-blk, vdX)."),
     cfg.StrOpt("volume_connector", default="iscsi-direct", choices=["iscsi-direct", "iscsi"],
-               help="How this host reaches iSCSI volumes."),
+               help="How this host reaches iSCSI volumes. iscsi-direct: QEMU's own "
+                    "initiator, the guest gets a network disk and the host sees nothing. "
+                    "iscsi: the host's open-iscsi logs in (through os-brick) and the guest "
+                    "gets the host block device; needs open-iscsi and the kernel's "
+                    "iscsi_tcp module."),
+    cfg.BoolOpt("volume_use_multipath", default=False,
+                help="With volume_connector = iscsi: log in to every portal of a target "
+                     "and give the guest the multipath device (needs multipathd)."),
     cfg.StrOpt("initiator_iqn",
-               help="This host's initiator IQN; default from /etc/iscsi/initiatorname.iscsi "
-                    "or generated once into <state_dir>/initiator_iqn."),
+               help="This host's initiator IQN for iscsi-direct; default from "
+                    "/etc/iscsi/initiatorname.iscsi or generated once into "
+                    "<state_dir>/initiator_iqn. The iscsi connector always presents "
+                    "open-iscsi's name from /etc/iscsi/initiatorname.iscsi."),
     cfg.StrOpt("images_dir",
                help="Local images a server may boot from (imageRef names a file here); "
                     "default <state_dir>/images."),

@@ -270,6 +270,14 @@ def make_virt(conf: cfg.ConfigOpts) -> VirtDriver:
 
 
 def make_connector(conf: cfg.ConfigOpts, virt: VirtDriver) -> VolumeConnector:
+    if conf.compute.volume_connector == "iscsi":
+        # imported here: os-brick (and its privsep and tenacity) loads only on
+        # the hosts that log in themselves
+        from tether.connectors.iscsi import IscsiConnector, setup_os_brick
+
+        setup_os_brick(config.lock_dir(conf))
+        return IscsiConnector(conf.host, conf.volume.target_ip,
+                              multipath=conf.compute.volume_use_multipath)
     iqn = host_initiator_iqn(conf.compute.initiator_iqn, conf.state_dir, conf.host)
     return IscsiDirectConnector(virt, iqn, conf.host, conf.volume.target_ip)
 
