@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install everything Tether needs on a fresh Debian 12 machine, as root:
-# Debian packages (libvirt + QEMU, tgt, libiscsi tools), the venv in .venv
+# Debian packages (libvirt + QEMU, tgt, libiscsi tools, open-iscsi for the
+# host-login connector), the venv in .venv
 # and the package itself (editable, with the dev tools).  Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(tgt libiscsi-bin libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86
-          qemu-block-extra qemu-utils libvirt-dev pkg-config gcc python3-venv rabbitmq-server)
+PACKAGES=(tgt libiscsi-bin open-iscsi libvirt-daemon-system libvirt-daemon-driver-qemu
+          qemu-system-x86 qemu-block-extra qemu-utils libvirt-dev pkg-config gcc python3-venv
+          rabbitmq-server)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
