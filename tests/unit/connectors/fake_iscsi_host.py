@@ -10,19 +10,25 @@ file reads at that tree.  Every command is recorded, in order, in
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from os_brick import privileged
 from os_brick.initiator import linuxscsi
 from os_brick.initiator.connectors import iscsi as brick_iscsi
 from oslo_concurrency.processutils import ProcessExecutionError
+from oslo_config import cfg
+
+from tether.connectors.iscsi import setup_os_brick
 
 INITIATOR = "iqn.1993-08.org.debian:01:0123456789ab"
 
@@ -296,3 +302,14 @@ def install(monkeypatch: pytest.MonkeyPatch, host: FakeIscsiHost) -> None:
                         SimpleNamespace(execute=host.execute, unlink_root=host.unlink_root))
     monkeypatch.setattr(brick_iscsi, "time",
                         SimpleNamespace(time=time.time, sleep=lambda _seconds: time.sleep(0)))
+
+
+@contextlib.contextmanager
+def os_brick_setup(lock_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tether's os-brick setup, with os-brick's global state restored after."""
+    monkeypatch.setattr(privileged.default, "client_mode", privileged.default.client_mode)
+    setup_os_brick(str(lock_path))
+    try:
+        yield
+    finally:
+        cfg.CONF.clear_override("lock_path", group="os_brick")

@@ -10,13 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from os_brick import privileged
 from oslo_config import cfg
 
-from tests.unit.connectors.fake_iscsi_host import INITIATOR, FakeIscsiHost, Target, install
+from tests.unit.connectors.fake_iscsi_host import (
+    INITIATOR,
+    FakeIscsiHost,
+    Target,
+    install,
+    os_brick_setup,
+)
 from tether import config
 from tether.connection import ConnectionInfo
-from tether.connectors.iscsi import IscsiConnector, setup_os_brick
+from tether.connectors.iscsi import IscsiConnector
 from tether.exceptions import BackendError
 from tether.service import make_connector
 from tether.virt.driver import BlockDiskSource
@@ -34,12 +39,9 @@ def _info(lun: int = 1, volume_id: str = "v1", password: str = SECRET) -> Connec
 
 
 @pytest.fixture(autouse=True)
-def brick_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """os-brick's locks in this test's directory; its global state restored after."""
-    monkeypatch.setattr(privileged.default, "client_mode", privileged.default.client_mode)
-    setup_os_brick(str(tmp_path / "locks"))
-    yield
-    cfg.CONF.clear_override("lock_path", group="os_brick")
+def _os_brick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with os_brick_setup(tmp_path / "locks", monkeypatch):
+        yield
 
 
 def _host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, luns: set[int],
