@@ -165,7 +165,7 @@ def test_disconnect_of_what_is_not_connected_does_nothing(
     assert host.commands == ["iscsiadm -m node", "iscsiadm -m session"]
 
 
-def test_multipath_discovers_the_paths_and_gives_the_guest_the_map(
+def test_multipath_gives_the_guest_the_map_and_flushes_the_map_on_disconnect(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     host = _host(tmp_path, monkeypatch, {1}, multipathd=True)
     connector = IscsiConnector("h1", multipath=True, execute=host.execute)
