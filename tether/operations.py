@@ -12,13 +12,15 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.prepared import Prepared
+from tether.db.records import table_of
 from tether.states import operation as op_states
 
 LOG = logging.getLogger(__name__)
@@ -38,14 +40,35 @@ class ActionRef:
     request_id: str
 
 
-# statements built once: an operation writes about a dozen rows, and compiling
-# them each time (or going through an ORM session) cost five times as much
-_NEW_ACTION = insert(models.InstanceAction).returning(models.InstanceAction.id)
-_NEW_EVENT = insert(models.InstanceActionEvent).returning(models.InstanceActionEvent.id)
-_END_EVENT = update(models.InstanceActionEvent).where(
-    models.InstanceActionEvent.id == bindparam("event_id"))
-_END_ACTION = update(models.InstanceAction).where(
-    models.InstanceAction.id == bindparam("action_id"))
+# an operation writes about a dozen of these rows on its request path: the
+# statements are prepared (tether.db.prepared); parameters are named p_<column>
+_ACTIONS, _EVENTS = table_of(models.InstanceAction), table_of(models.InstanceActionEvent)
+
+
+def _bound(*columns: str) -> dict[str, Any]:
+    return {c: bindparam(f"p_{c}") for c in columns}
+
+
+def _p(**values: Any) -> dict[str, Any]:
+    return {f"p_{k}": v for k, v in values.items()}
+
+
+_NEW_ACTION = Prepared(insert(_ACTIONS).values(_bound(
+    "request_id", "instance_uuid", "action", "project_id", "user_id", "start_time",
+    "resource_id")).returning(_ACTIONS.c.id))
+_NEW_EVENT = Prepared(insert(_EVENTS).values(_bound(
+    "action_id", "event", "start_time", "finish_time", "host", "result",
+    "details")).returning(_EVENTS.c.id))
+_END_EVENT = Prepared(update(_EVENTS).where(_EVENTS.c.id == bindparam("p_id")).values(
+    _bound("finish_time", "result", "traceback", "details")))
+_END_ACTION = Prepared(update(_ACTIONS).where(_ACTIONS.c.id == bindparam("p_id")).values(
+    _bound("finish_time", "message", "updated_at")))
+
+
+def _new_event(conn: Connection, params: dict[str, Any]) -> int:
+    row = _NEW_EVENT.first(conn, params)
+    assert row is not None
+    return int(row[0])
 
 
 class Operations:
@@ -72,10 +95,10 @@ class Operations:
 
     def _write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction that also writes the pending finishes."""
-        pending: list[dict[str, object]] = getattr(self._local, "pending", None) or []
+        pending: list[dict[str, Any]] = getattr(self._local, "pending", None) or []
         with self.db.engine.begin() as conn:
             if pending:
-                conn.execute(_END_EVENT, pending)
+                _END_EVENT.run_many(conn, pending)
             result = work(conn)
         pending.clear()  # only once committed
         return result
@@ -88,16 +111,16 @@ class Operations:
         now = models.utcnow()
 
         def write(conn: Connection) -> int:
-            action_id = conn.execute(_NEW_ACTION, {
-                "request_id": ctx.request_id, "instance_uuid": instance_uuid,
-                "action": action, "project_id": ctx.project_id, "user_id": ctx.user_id,
-                "start_time": started or now, "resource_id": resource_id}).scalar_one()
+            row = _NEW_ACTION.first(conn, _p(
+                request_id=ctx.request_id, instance_uuid=instance_uuid, action=action,
+                project_id=ctx.project_id, user_id=ctx.user_id, start_time=started or now,
+                resource_id=resource_id))
+            assert row is not None
             if done_step is not None:
-                conn.execute(_NEW_EVENT, {
-                    "action_id": action_id, "event": done_step, "start_time": started or now,
-                    "finish_time": now, "host": self.host, "result": op_states.SUCCESS,
-                    "details": None})
-            return int(action_id)
+                _NEW_EVENT.first(conn, _p(
+                    action_id=row[0], event=done_step, start_time=started or now,
+                    finish_time=now, host=self.host, result=op_states.SUCCESS, details=None))
+            return int(row[0])
 
         return ActionRef(self._write(write), instance_uuid, ctx.request_id)
 
@@ -107,9 +130,9 @@ class Operations:
         """Record ``event`` around the block: Success, or Error with the
         traceback; the exception propagates.  ``started``: when the step
         really began, if before the action was recorded."""
-        event_id: int = self._write(lambda conn: conn.execute(_NEW_EVENT, {
-            "action_id": action.id, "event": event, "start_time": started or models.utcnow(),
-            "host": host or self.host}).scalar_one())
+        event_id = self._write(lambda conn: _new_event(conn, _p(
+            action_id=action.id, event=event, start_time=started or models.utcnow(),
+            finish_time=None, host=host or self.host, result=None, details=None)))
         try:
             yield
         except BaseException as exc:
@@ -117,32 +140,31 @@ class Operations:
             self._finish_event(event_id, op_states.MACHINE.check("fail", op_states.RUNNING,
                                                                  event), tb, str(exc))
             raise
-        done = {"event_id": event_id, "finish_time": models.utcnow(),
-                "result": op_states.SUCCESS, "traceback": None, "details": None}
+        done = _p(id=event_id, finish_time=models.utcnow(), result=op_states.SUCCESS,
+                  traceback=None, details=None)
         pending = getattr(self._local, "pending", None)
         if pending is not None:
             pending.append(done)
         else:
-            self._write(lambda conn: conn.execute(_END_EVENT, done))
+            self._write(lambda conn: _END_EVENT.run(conn, done))
 
     def record(self, action: ActionRef, event: str, result: str, details: str) -> None:
         """A step that happened without work of its own (e.g. a skip), with why."""
         now = models.utcnow()
-        self._write(lambda conn: conn.execute(_NEW_EVENT, {
-            "action_id": action.id, "event": event, "start_time": now, "finish_time": now,
-            "host": self.host, "result": result, "details": details}).close())
+        self._write(lambda conn: _new_event(conn, _p(
+            action_id=action.id, event=event, start_time=now, finish_time=now,
+            host=self.host, result=result, details=details)))
 
     def _finish_event(self, event_id: int, result: str, tb: str | None,
                       details: str | None) -> None:
-        self._write(lambda conn: conn.execute(_END_EVENT, {
-            "event_id": event_id, "finish_time": models.utcnow(), "result": result,
-            "traceback": tb, "details": details}))
+        self._write(lambda conn: _END_EVENT.run(conn, _p(
+            id=event_id, finish_time=models.utcnow(), result=result, traceback=tb,
+            details=details)))
 
     def finish_action(self, action: ActionRef, message: str | None = None) -> None:
         now = models.utcnow()
-        self._write(lambda conn: conn.execute(_END_ACTION, {
-            "action_id": action.id, "finish_time": now, "message": message,
-            "updated_at": now}))
+        self._write(lambda conn: _END_ACTION.run(conn, _p(
+            id=action.id, finish_time=now, message=message, updated_at=now)))
 
     def unfinished(self, host: str, actions: tuple[str, ...],
                    started_before: dt.datetime | None = None) -> list[models.InstanceAction]:

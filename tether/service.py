@@ -37,6 +37,7 @@ from tether.connectors.initiator import host_initiator_iqn
 from tether.connectors.iscsi_direct import IscsiDirectConnector
 from tether.db import migrate, models
 from tether.db.api import Database
+from tether.db.prepared import Prepared
 from tether.db.records import SERVICES, ServiceRecord, by
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
@@ -148,8 +149,8 @@ class Heartbeat:
 
 
 _S = SERVICES.columns
-_LIVE_SERVICES = by(SERVICES, _S["binary"] == bindparam("binary"), _S["disabled"].is_(False),
-                    _S["last_seen_at"] >= bindparam("cutoff"))
+_LIVE_SERVICES = Prepared(by(SERVICES, _S["binary"] == bindparam("binary"),
+                             _S["disabled"].is_(False), _S["last_seen_at"] >= bindparam("cutoff")))
 
 
 def live_services(db: Database, binary: str, down_after: float) -> list[ServiceRecord]:

@@ -4,12 +4,13 @@ databases: PostgreSQL and MariaDB, each in a database made for this run."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from tests.integration.daemons import ensure_database_server
+from tests.unit.db.prepared_cases import CASES
 from tether.db import migrate
 from tether.db.api import Database
 from tether.db.records import VOLUMES
@@ -58,3 +59,9 @@ def test_migrations_and_conditional_update(db: Database) -> None:
         again = VOLUMES.get(c, vol.id)
     assert again is not None and again.status == "detaching" and again.meta == {"k": "v"}
     assert again.updated_at is not None
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
+def test_prepared_statements(db: Database, case: Callable[[Database], None]) -> None:
+    migrate.upgrade(db)
+    case(db)

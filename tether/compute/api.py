@@ -24,6 +24,7 @@ from tether.compute.volume_client import VolumeClient, VolumeRef
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.prepared import Prepared
 from tether.db.records import BDMS, INSTANCES, BdmRecord, InstanceRecord, by
 from tether.exceptions import (
     ActionNotFound,
@@ -47,8 +48,8 @@ COMPUTE_BINARY = "tether-compute"
 _DEVICE_RE = re.compile(r"^/dev/(sd|vd)([a-z]{1,2})$")
 LiveHosts = Callable[[], list[str]]
 _I, _B = INSTANCES.columns, BDMS.columns
-_SERVER_BDMS = by(BDMS, _B["instance_uuid"] == bindparam("server_id"),
-                  _B["deleted"].is_(False), order=[_B["id"]])
+_SERVER_BDMS = Prepared(by(BDMS, _B["instance_uuid"] == bindparam("server_id"),
+                           _B["deleted"].is_(False), order=[_B["id"]]))
 _VOLUME_BDMS = by(BDMS, _B["instance_uuid"].in_(bindparam("server_ids", expanding=True)),
                   _B["deleted"].is_(False), _B["volume_id"].is_not(None), order=[_B["id"]])
 

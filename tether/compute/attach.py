@@ -25,12 +25,13 @@ from tether.connectors.base import VolumeConnector
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.prepared import Prepared
 from tether.db.records import BDMS, by
 from tether.operations import ActionRef, Operations
 from tether.virt import driver as virt
 
 LOG = logging.getLogger(__name__)
-_BDM_BY_UUID = by(BDMS, BDMS.columns["uuid"] == bindparam("uuid"))
+_BDM_BY_UUID = Prepared(by(BDMS, BDMS.columns["uuid"] == bindparam("uuid")))
 
 
 class AttachFlow:

@@ -27,6 +27,7 @@ from tether.connectors.base import VolumeConnector
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.prepared import Prepared
 from tether.db.records import BDMS, INSTANCES, BdmRecord, by
 from tether.operations import ActionRef, Operations
 from tether.virt import driver as virt
@@ -36,13 +37,13 @@ LOG = logging.getLogger(__name__)
 Notify = Callable[[RequestContext, str, dict[str, Any], bool], None]
 
 _B, _I = BDMS.columns, INSTANCES.columns
-_LIVE_BDM = by(BDMS, _B["instance_uuid"] == bindparam("server_id"),
-               _B["volume_id"] == bindparam("volume_id"), _B["deleted"].is_(False))
+_LIVE_BDM = Prepared(by(BDMS, _B["instance_uuid"] == bindparam("server_id"),
+                        _B["volume_id"] == bindparam("volume_id"), _B["deleted"].is_(False)))
 # another server on this host still maps the volume (multiattach)
-_OTHER_USERS_ON_HOST = select(_B["id"]).join(
+_OTHER_USERS_ON_HOST = Prepared(select(_B["id"]).join(
     INSTANCES.table, _I["uuid"] == _B["instance_uuid"]).where(
     _B["volume_id"] == bindparam("volume_id"), _B["deleted"].is_(False),
-    _B["instance_uuid"] != bindparam("server_id"), _I["host"] == bindparam("host")).limit(1)
+    _B["instance_uuid"] != bindparam("server_id"), _I["host"] == bindparam("host")).limit(1))
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,9 @@ class DetachFlow:
 
     def _other_users_on_host(self, instance_uuid: str, volume_id: str) -> bool:
         with self.db.begin() as c:
-            return c.execute(_OTHER_USERS_ON_HOST, {
+            return _OTHER_USERS_ON_HOST.first(c, {
                 "volume_id": volume_id, "server_id": instance_uuid,
-                "host": self.host}).first() is not None
+                "host": self.host}) is not None
 
     def _roll_back(self, volume_id: str, action: ActionRef, exc: Exception) -> None:
         if isinstance(exc, virt.DeviceDetachFailed):

@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.dml import Update
 
 from tether.db import models
+from tether.db.prepared import Prepared
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,34 +153,38 @@ class Gateway(Generic[R]):
     def __init__(self, model: type[models.Base], record: type[R]) -> None:
         mapper = inspect(model)
         self.record = record
-        assert isinstance(model.__table__, Table)
-        self.table: Table = model.__table__
+        self.table = table_of(model)
         # attribute name -> column ("meta" -> the "metadata" column)
         self.columns: dict[str, Column[Any]] = {
             p.key: p.columns[0] for p in mapper.column_attrs}  # type: ignore[misc]
         (self.pk,) = mapper.primary_key
         self.select: Select[Any] = select(*[c.label(k) for k, c in self.columns.items()])
-        self._by_pk = self.select.where(self.pk == bindparam("pk_"))
+        self._by_pk = Prepared(self.select.where(self.pk == bindparam("pk_")))
         self._insert = insert(self.table).returning(
             *[c.label(k) for k, c in self.columns.items()])
-        self._updates: dict[tuple[Any, ...], Update] = {}
+        self._updates: dict[tuple[Any, ...], Prepared] = {}
+        self._stamped = [k for k, c in self.columns.items() if c.onupdate is not None]
         self._guard = threading.Lock()
 
     def fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.record))  # type: ignore[arg-type]
 
     def get(self, conn: Connection, pk: Any) -> R | None:
-        row = conn.execute(self._by_pk, {"pk_": pk}).first()
+        row = self._by_pk.first(conn, {"pk_": pk})
         return self.record(*row) if row is not None else None
 
-    def all(self, conn: Connection, stmt: Select[Any],
+    def all(self, conn: Connection, stmt: Select[Any] | Prepared,
             params: Mapping[str, Any] | None = None) -> list[R]:
-        """Records of ``stmt`` (built from :attr:`select`)."""
+        """Records of ``stmt`` (built from :attr:`select`; :class:`Prepared` on
+        the hot paths)."""
+        if isinstance(stmt, Prepared):
+            return [self.record(*row) for row in stmt.rows(conn, params or {})]
         return [self.record(*row) for row in conn.execute(stmt, params or {})]
 
-    def first(self, conn: Connection, stmt: Select[Any],
+    def first(self, conn: Connection, stmt: Select[Any] | Prepared,
               params: Mapping[str, Any] | None = None) -> R | None:
-        row = conn.execute(stmt, params or {}).first()
+        row = (stmt.first(conn, params or {}) if isinstance(stmt, Prepared)
+               else conn.execute(stmt, params or {}).first())
         return self.record(*row) if row is not None else None
 
     def insert(self, conn: Connection, values: Mapping[str, Any]) -> R:
@@ -197,7 +202,7 @@ class Gateway(Generic[R]):
         shape = (tuple(values), tuple((c, _expectation(v)) for c, v in expected.items()))
         stmt = self._updates.get(shape)
         if stmt is None:
-            stmt = self._build_update(values, expected)
+            stmt = Prepared(self._build_update(values, expected))
             with self._guard:
                 self._updates[shape] = stmt
         params = {f"v_{k}": v for k, v in values.items()}
@@ -205,7 +210,9 @@ class Gateway(Generic[R]):
         for column, allowed in expected.items():
             if _expectation(allowed) == "=":
                 params[f"e_{column}"] = allowed
-        return bool(conn.execute(stmt, params).rowcount)
+        for column in self._stamped:  # updated_at: what the column's onupdate would set
+            params.setdefault(f"v_{column}", models.utcnow())
+        return bool(stmt.run(conn, params))
 
     def _build_update(self, values: Iterable[str], expected: Expected) -> Update:
         stmt = update(self.table).where(self.pk == bindparam("pk_"))
@@ -213,12 +220,13 @@ class Gateway(Generic[R]):
             column = self.columns[name]
             how = _expectation(allowed)
             if isinstance(how, tuple):
-                stmt = stmt.where(column.in_(how))
+                stmt = stmt.where(one_of(column, how))
             elif how == "null":
                 stmt = stmt.where(column.is_(None))
             else:
                 stmt = stmt.where(column == bindparam(f"e_{name}"))
-        return stmt.values({self.columns[k].key: bindparam(f"v_{k}") for k in values})
+        names = list(values) + [k for k in self._stamped if k not in values]
+        return stmt.values({self.columns[k].key: bindparam(f"v_{k}") for k in names})
 
 
 def _expectation(allowed: Any) -> tuple[Any, ...] | str:
@@ -227,6 +235,20 @@ def _expectation(allowed: Any) -> tuple[Any, ...] | str:
     if isinstance(allowed, _COLLECTIONS):
         return tuple(sorted(allowed))
     return "null" if allowed is None else "="
+
+
+def table_of(model: type[models.Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def one_of(column: Column[Any] | Any, values: Iterable[Any]) -> Any:
+    """``column IN (...)`` with the values fixed in the statement, one
+    parameter each, so that it can be prepared (a plain ``in_`` list is bound
+    at execution time)."""
+    return column.in_([bindparam(f"{column.key}_in_{i}", value=v)
+                       for i, v in enumerate(sorted(values))])
 
 
 def by(gateway: Gateway[Any], *conditions: Any,

@@ -21,6 +21,7 @@ from tether.connection import ConnectionInfo, Connector
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.prepared import Prepared
 from tether.db.records import ATTACHMENTS, VOLUMES, AttachmentRecord, VolumeRecord, by
 from tether.exceptions import (
     AttachmentNotFound,
@@ -48,8 +49,8 @@ class AttachmentResult:
 
 # the statements of the hot paths, built once
 _V, _A = VOLUMES.columns, ATTACHMENTS.columns
-_LIVE_OF_VOLUME = by(ATTACHMENTS, _A["volume_id"] == bindparam("volume_id"),
-                     _A["deleted"].is_(False), order=[_A["created_at"]])
+_LIVE_OF_VOLUME = Prepared(by(ATTACHMENTS, _A["volume_id"] == bindparam("volume_id"),
+                              _A["deleted"].is_(False), order=[_A["created_at"]]))
 _LIVE_OF_VOLUMES = by(ATTACHMENTS, _A["volume_id"].in_(bindparam("volume_ids", expanding=True)),
                       _A["deleted"].is_(False), order=[_A["created_at"]])
 

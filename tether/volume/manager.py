@@ -21,7 +21,8 @@ from sqlalchemy import bindparam, select
 from tether.connection import ConnectionInfo
 from tether.db import models
 from tether.db.api import Database
-from tether.db.records import ATTACHMENTS, VOLUMES, VolumeRecord
+from tether.db.prepared import Prepared
+from tether.db.records import ATTACHMENTS, VOLUMES, VolumeRecord, one_of
 from tether.exceptions import BackendError, InvalidVolume, VolumeNotFound
 from tether.states import attachment as att_states
 from tether.states import volume as vol_states
@@ -37,9 +38,9 @@ from tether.volume.targets.base import (
 LOG = logging.getLogger(__name__)
 _A = ATTACHMENTS.columns
 # the ACL of an export: initiators of the volume's live, connected attachments
-_INITIATORS = select(_A["initiator"]).where(
+_INITIATORS = Prepared(select(_A["initiator"]).where(
     _A["volume_id"] == bindparam("volume_id"), _A["deleted"].is_(False),
-    _A["initiator"].is_not(None), _A["attach_status"].in_(sorted(att_states.LIVE_STATES)))
+    _A["initiator"].is_not(None), one_of(_A["attach_status"], att_states.LIVE_STATES)))
 
 
 def _connection_info(volume_id: str, location: ExportLocation,
@@ -122,7 +123,7 @@ class VolumeManager:
                 vol = VOLUMES.get(c, volume_id)
                 if vol is None or vol.deleted:
                     raise VolumeNotFound(volume_id)
-                initiators = frozenset(c.scalars(_INITIATORS, {"volume_id": volume_id}))
+                initiators = frozenset(r[0] for r in _INITIATORS.rows(c, {"volume_id": volume_id}))
             chap = self._chap(vol)
             if not initiators:
                 self.target.unexport(volume_id)

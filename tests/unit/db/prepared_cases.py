@@ -1,0 +1,117 @@
+"""What prepared statements must do on every database Tether runs on; run on
+SQLite by the unit tests and on PostgreSQL and MariaDB by the integration
+tests (tests/integration/test_databases.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from sqlalchemy import bindparam, select, update
+
+from tether.context import RequestContext
+from tether.db import models
+from tether.db.api import Database
+from tether.db.prepared import Prepared
+from tether.db.records import INSTANCES, VOLUMES, one_of
+from tether.operations import Operations
+
+_V = VOLUMES.columns
+_GET = Prepared(select(_V["meta"], _V["created_at"], _V["multiattach"], _V["updated_at"],
+                       _V["size"]).where(_V["id"] == bindparam("id")))
+_SET = Prepared(update(VOLUMES.table).where(
+    _V["id"] == bindparam("id"), one_of(_V["status"], ["available", "in-use"])).values(
+    {"metadata": bindparam("meta"), "updated_at": bindparam("at"),
+     "multiattach": bindparam("multi"), "status": bindparam("status")}))
+
+
+def _volume(db: Database) -> str:
+    with db.begin() as c:
+        return VOLUMES.insert(c, {"id": str(uuid.uuid4()), "project_id": "p",
+                                  "user_id": "u", "size": 3, "status": "available",
+                                  "meta": {"a": [1, "x"]}}).id
+
+
+def values_round_trip(db: Database) -> None:
+    """JSON, datetimes and booleans come back as SQLAlchemy's own statements
+    wrote them, and as SQLAlchemy reads what the prepared ones write."""
+    vid = _volume(db)
+    with db.begin() as c:
+        meta, created, multi, updated, size = _GET.first(c, {"id": vid}) or ()
+    assert (meta, multi, updated, size) == ({"a": [1, "x"]}, False, None, 3)
+    assert isinstance(created, dt.datetime)
+    at = dt.datetime(2026, 11, 25, 6, 0, 0)  # no microseconds: must still sort right
+    with db.begin() as c:
+        assert _SET.run(c, {"id": vid, "meta": None, "at": at, "multi": True,
+                            "status": "in-use"}) == 1
+    with db.begin() as c:
+        assert _GET.first(c, {"id": vid}) == (None, created, True, at, 3)
+        vol = c.execute(select(VOLUMES.table).where(_V["id"] == vid)).one()
+    assert (vol.multiattach, vol.updated_at, vol.metadata) == (True, at, None)
+    with db.begin() as c:  # stored text compares as time does
+        later = c.execute(select(_V["id"]).where(
+            _V["updated_at"] >= at - dt.timedelta(microseconds=1))).all()
+    assert [r[0] for r in later] == [vid]
+
+
+def fixed_states_and_rowcount(db: Database) -> None:
+    vid = _volume(db)
+    with db.begin() as c:
+        assert _SET.run(c, {"id": vid, "meta": {}, "at": None, "multi": False,
+                            "status": "deleting"}) == 1
+        # 'deleting' is not one of the statement's states
+        assert _SET.run(c, {"id": vid, "meta": {}, "at": None, "multi": False,
+                            "status": "x"}) == 0
+
+
+def takes_part_in_the_transaction(db: Database) -> None:
+    vid = _volume(db)
+    with pytest.raises(RuntimeError), db.begin() as c:
+        _SET.run(c, {"id": vid, "meta": {"lost": 1}, "at": None, "multi": False,
+                     "status": "in-use"})
+        raise RuntimeError("rolled back")
+    with db.begin() as c:
+        row = _GET.first(c, {"id": vid})
+    assert row is not None and row[0] == {"a": [1, "x"]}
+
+
+def many_rows(db: Database) -> None:
+    ids = [_volume(db) for _ in range(3)]
+    with db.begin() as c:
+        _SET.run_many(c, [{"id": i, "meta": {"n": n}, "at": None, "multi": False,
+                           "status": "in-use"} for n, i in enumerate(ids)])
+        got = [_GET.first(c, {"id": i}) for i in ids]
+    assert [g[0] if g else None for g in got] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+def operations_record_their_steps(db: Database) -> None:
+    """Instance actions and events (prepared inserts with RETURNING)."""
+    server = str(uuid.uuid4())
+    with db.begin() as c:
+        INSTANCES.insert(c, {"uuid": server, "name": "s", "project_id": "p", "user_id": "u",
+                             "flavor_id": "1", "vcpus": 1, "memory_mb": 64,
+                             "vm_state": "active", "meta": {}})
+    ops = Operations(db, "host-a")
+    action = ops.start_action(RequestContext(user_id="u", project_id="p"), server,
+                              "detach_volume", "v1", done_step="s1:compute_api")
+    with ops.batched():
+        with ops.step(action, "s1.1:driver_detach"):
+            pass
+        with pytest.raises(RuntimeError), ops.step(action, "s2:host_disconnect"):
+            raise RuntimeError("no")
+        ops.finish_action(action, "Error")
+    events = models.InstanceActionEvent
+    with db.begin() as c:
+        rows = c.execute(select(events.event, events.result, events.host,
+                                events.finish_time).where(
+            events.action_id == action.id).order_by(events.id)).all()
+        finished = c.execute(select(models.InstanceAction.finish_time)).scalar_one()
+    assert [r[:3] for r in rows] == [("s1:compute_api", "Success", "host-a"),
+                                     ("s1.1:driver_detach", "Success", "host-a"),
+                                     ("s2:host_disconnect", "Error", "host-a")]
+    assert all(r.finish_time is not None for r in rows) and finished is not None
+
+
+CASES = [values_round_trip, fixed_states_and_rowcount, takes_part_in_the_transaction,
+         many_rows, operations_record_their_steps]
