@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oslo_config import cfg
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, update
 from waitress.server import create_server
 
 from tether import config
@@ -112,6 +112,14 @@ class Periodic:
             self._thread.join(timeout=5)
 
 
+_S = SERVICES.columns
+_BEAT = Prepared(update(SERVICES.table).where(_S["uuid"] == bindparam("uuid")).values(
+    {"last_seen_at": bindparam("now"), "report_count": _S["report_count"] + 1,
+     "updated_at": bindparam("now")}))
+_LIVE_SERVICES = Prepared(by(SERVICES, _S["binary"] == bindparam("binary"),
+                             _S["disabled"].is_(False), _S["last_seen_at"] >= bindparam("cutoff")))
+
+
 class Heartbeat:
     """Registers a service row and keeps its ``last_seen_at`` fresh."""
 
@@ -135,22 +143,14 @@ class Heartbeat:
             return row.uuid
 
     def beat(self) -> None:
-        with self.db.session() as s:
-            row = s.scalars(select(models.Service).where(
-                models.Service.uuid == self.uuid)).one()
-            row.last_seen_at = models.utcnow()
-            row.report_count += 1
+        with self.db.begin() as c:
+            _BEAT.run(c, {"uuid": self.uuid, "now": models.utcnow()})
 
     def start(self) -> None:
         self._periodic.start()
 
     def stop(self) -> None:
         self._periodic.stop()
-
-
-_S = SERVICES.columns
-_LIVE_SERVICES = Prepared(by(SERVICES, _S["binary"] == bindparam("binary"),
-                             _S["disabled"].is_(False), _S["last_seen_at"] >= bindparam("cutoff")))
 
 
 def live_services(db: Database, binary: str, down_after: float) -> list[ServiceRecord]:
