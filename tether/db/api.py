@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -28,12 +29,10 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
-    @contextlib.contextmanager
-    def begin(self) -> Iterator[Connection]:
+    def begin(self) -> AbstractContextManager[Connection]:
         """A Core transaction (see :mod:`tether.db.records`): committed on
         success, rolled back on any error."""
-        with self.engine.begin() as conn:
-            yield conn
+        return self.engine.begin()
 
     def dispose(self) -> None:
         self.engine.dispose()

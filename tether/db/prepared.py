@@ -84,7 +84,7 @@ class _Plan:
     order: tuple[str, ...] | None  # positional parameter order, None for named
     to_db: dict[str, Convert]
     fixed: dict[str, Any]  # parameters whose values are part of the statement
-    from_db: tuple[Convert | None, ...]
+    from_db: tuple[tuple[int, Convert], ...]  # (column index, conversion) where needed
 
     def parameters(self, params: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         values = {**self.fixed, **params}
@@ -96,7 +96,12 @@ class _Plan:
         return tuple(values[name] for name in self.order)
 
     def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(v if c is None else c(v) for v, c in zip(raw, self.from_db, strict=True))
+        if not self.from_db:
+            return tuple(raw)
+        values = list(raw)
+        for i, convert in self.from_db:
+            values[i] = convert(values[i])
+        return tuple(values)
 
 
 class Prepared:
@@ -133,7 +138,8 @@ class Prepared:
         else:
             types = []
         order = tuple(compiled.positiontup or ()) if dialect.positional else None
-        return _Plan(compiled.string, order, to_db, fixed, tuple(_from_db(t) for t in types))
+        from_db = tuple((i, c) for i, t in enumerate(types) if (c := _from_db(t)) is not None)
+        return _Plan(compiled.string, order, to_db, fixed, from_db)
 
     def _cursor(self, conn: Connection) -> tuple[Any, _Plan]:
         plan = self._plan(conn.dialect)
