@@ -57,8 +57,12 @@ def _metadata(data: dict[str, Any]) -> dict[str, str]:
 
 
 def _all_projects(req: falcon.Request) -> bool:
+    """``all_tenants``: every project for an admin; for anyone else it is
+    ignored (their own project), as in Cinder -- cinderclient's lookup by name
+    sends ``all_tenants=1`` whoever the caller is."""
     value = req.get_param("all_tenants") or req.get_param("all_projects")
-    return value is not None and _flag(value, "all_tenants")
+    return (value is not None and _flag(value, "all_tenants")
+            and allowed(wsgi.caller(req), "volume:all_projects"))
 
 
 def _limit(req: falcon.Request) -> int | None:
