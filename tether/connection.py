@@ -31,6 +31,7 @@ class Connector:
     platform: str | None = None
     os_type: str | None = None
     connector_type: str | None = None  # "iscsi-direct" / "iscsi"
+    mountpoint: str | None = None  # the guest device, e.g. /dev/sdb (Nova adds it on update)
 
     @classmethod
     def from_dict(cls, data: Any) -> Connector:
@@ -56,12 +57,14 @@ class Connector:
             os_type=data.get("os_type") if isinstance(data.get("os_type"), str) else None,
             connector_type=(data.get("connector_type")
                             if isinstance(data.get("connector_type"), str) else None),
+            mountpoint=(data.get("mountpoint")
+                        if isinstance(data.get("mountpoint"), str) else None),
         )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"host": self.host, "initiator": self.initiator,
                                "multipath": self.multipath}
-        for key in ("ip", "platform", "os_type", "connector_type"):
+        for key in ("ip", "platform", "os_type", "connector_type", "mountpoint"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

@@ -13,6 +13,7 @@ volume available, no block device mapping; the action records the error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -66,9 +67,8 @@ class AttachFlow:
         undo: list[Callable[[], None]] = []
         try:
             with self.ops.step(action, "a1.1:attachment_update"):
-                info = self.volumes.attachment_update(attachment_id,
-                                                      self.connector.properties()
-                                                      ).connection_info
+                info = self.volumes.attachment_update(attachment_id, dataclasses.replace(
+                    self.connector.properties(), mountpoint=bdm.device_name)).connection_info
                 assert info is not None
             with self.ops.step(action, "a2:host_connect"):
                 source = self.connector.connect(info)

@@ -125,8 +125,8 @@ class ComputeManager:
         """Export the boot volume to this host and hand it to the guest as vda."""
         assert bdm.volume_id is not None and bdm.attachment_id is not None
         with self.ops.step(action, "root_volume_connect"):
-            info = self.volumes.attachment_update(bdm.attachment_id,
-                                                  self.connector.properties()).connection_info
+            info = self.volumes.attachment_update(bdm.attachment_id, dataclasses.replace(
+                self.connector.properties(), mountpoint="/dev/vda")).connection_info
             assert info is not None
             source = self.connector.connect(info)
             with self.db.session() as s:

@@ -6,6 +6,7 @@ anywhere), and come back to whichever host unshelves the server.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from sqlalchemy import select
@@ -65,8 +66,8 @@ class ShelveFlow:
             if bdm.boot_index == 0 or bdm.attachment_id is None or bdm.volume_id is None:
                 continue
             with self.ops.step(action, f"reattach_volume:{bdm.volume_id}"):
-                info = self.volumes.attachment_update(
-                    bdm.attachment_id, self.connector.properties()).connection_info
+                info = self.volumes.attachment_update(bdm.attachment_id, dataclasses.replace(
+                    self.connector.properties(), mountpoint=bdm.device_name)).connection_info
                 assert info is not None
                 source = self.connector.connect(info)
                 self.virt.attach_disk(instance_uuid, virt.DiskSpec(

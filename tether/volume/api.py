@@ -232,10 +232,12 @@ class VolumeAPI:
                 # (a multiattach volume already in use stays in-use)
                 self._transition(c, vol, "attach_start")
             previous = {"attach_status": att.attach_status, "initiator": att.initiator,
-                        "connector": att.connector, "attached_host": att.attached_host}
+                        "connector": att.connector, "attached_host": att.attached_host,
+                        "mountpoint": att.mountpoint}
             values: dict[str, Any] = {"attach_status": att_states.ATTACHING,
                       "initiator": connector.initiator, "connector": connector.to_dict(),
-                      "attached_host": connector.host or None}
+                      "attached_host": connector.host or None,
+                      "mountpoint": connector.mountpoint or att.mountpoint}
             ATTACHMENTS.update(c, att.id, values)
             att = dataclasses.replace(att, **values)  # the row as this transaction leaves it
         try:

@@ -142,6 +142,10 @@ def test_attach_records_steps_and_shapes_follow_microversions(tether: Tether) ->
     srv = nova.get(f"/v2.1/servers/{sid}").json["server"]
     assert srv["os-extended-volumes:volumes_attached"] == [
         {"id": vid, "delete_on_termination": True}]
+    # the guest device reaches block storage with the connector (Nova's
+    # mountpoint): the volume's attachments say where it is, as clients expect
+    vol = cinder.get(f"/v3/volumes/{vid}").json["volume"]
+    assert [(a["server_id"], a["device"]) for a in vol["attachments"]] == [(sid, "/dev/sdb")]
 
 
 @pytest.mark.parametrize(("version", "extra", "message"), [
