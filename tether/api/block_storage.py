@@ -10,9 +10,10 @@ from typing import Any
 
 import falcon
 
-from tether.api import errors, wsgi
+from tether.api import errors, openapi, wsgi
 from tether.api import volume_views as views
 from tether.api.auth import Authenticator
+from tether.api.openapi import Operation
 from tether.api.versions import VOLUME
 from tether.api.wsgi import WsgiApp
 from tether.connection import Connector
@@ -301,9 +302,50 @@ class VolumeAction:
         self.legacy.force_detach(ctx, vid, _str_or_none(args, "attachment_id"))
 
 
+_LIST = ("name", "status", "project_id", "all_tenants", "all_projects", "limit", "marker")
+_ATT_LIST = ("volume_id", "instance_id", "status", "all_tenants", "all_projects")
+_ACTIONS = ("os-reserve", "os-unreserve", "os-begin_detaching", "os-roll_detaching",
+            "os-initialize_connection", "os-terminate_connection", "os-attach", "os-detach",
+            "os-reset_status", "os-force_detach")
+OPERATIONS = (
+    *openapi.discovery_operations(VOLUME, 300),
+    Operation("GET", "/v3/volumes", "List volumes", 200, query=_LIST),
+    Operation("POST", "/v3/volumes", "Create a volume", 202, body=("volume",)),
+    Operation("GET", "/v3/volumes/detail", "List volumes with details", 200, query=_LIST),
+    Operation("GET", "/v3/volumes/{volume_id}", "Show a volume", 200),
+    Operation("PUT", "/v3/volumes/{volume_id}", "Update a volume's name, description or "
+              "metadata", 200, body=("volume",)),
+    Operation("DELETE", "/v3/volumes/{volume_id}", "Delete a volume (available or error)",
+              202, errors=(409,)),
+    Operation("POST", "/v3/volumes/{volume_id}/action", "Legacy volume action (one of "
+              + ", ".join(_ACTIONS) + "); os-initialize_connection answers 200 with "
+              "connection_info, the others 202", 202, body=_ACTIONS, errors=(409,)),
+    Operation("GET", "/v3/attachments", "List attachments", 200, query=_ATT_LIST,
+              since="3.27"),
+    Operation("POST", "/v3/attachments", "Create an attachment (reserve the volume; with a "
+              "connector, also export it)", 200, body=("attachment",), since="3.27",
+              errors=(409,)),
+    Operation("GET", "/v3/attachments/detail", "List attachments with details", 200,
+              query=_ATT_LIST, since="3.27"),
+    Operation("GET", "/v3/attachments/{attachment_id}", "Show an attachment", 200,
+              since="3.27"),
+    Operation("PUT", "/v3/attachments/{attachment_id}", "Update an attachment with the "
+              "host's connector: export the volume, answer connection_info", 200,
+              body=("attachment",), since="3.27", errors=(409,)),
+    Operation("DELETE", "/v3/attachments/{attachment_id}", "Delete an attachment; answers "
+              "the volume's remaining attachments", 200, since="3.27", errors=(409,)),
+    Operation("POST", "/v3/attachments/{attachment_id}/action", "os-complete: the "
+              "attachment is in use", 204, body=("os-complete",), since="3.44"),
+)
+DESCRIPTION = ("Cinder v3-compatible. Every /v3/... path is also served as "
+               "/v3/{project_id}/...")
+
+
 def create_app(api: VolumeAPI, auth: Authenticator) -> WsgiApp:
     app = wsgi.create_app(VOLUME, auth, COLLECTIONS, server_fault="computeFault",
-                          root_status=300)
+                          root_status=300, public=(openapi.PATH,))
+    app.add_route(openapi.PATH, openapi.OpenApiDocument(
+        VOLUME, "Tether Block Storage API", DESCRIPTION, OPERATIONS))
     legacy = LegacyActions(api)
     app.add_route("/v3/volumes", Volumes(api))
     app.add_route("/v3/volumes/detail", VolumesDetail(api))

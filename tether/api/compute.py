@@ -12,8 +12,9 @@ from typing import Any
 import falcon
 
 from tether.api import compute_views as views
-from tether.api import errors, wsgi
+from tether.api import errors, identity, openapi, wsgi
 from tether.api.auth import Authenticator
+from tether.api.openapi import Operation
 from tether.api.versions import COMPUTE
 from tether.api.wsgi import WsgiApp
 from tether.compute import flavors
@@ -263,9 +264,50 @@ class InstanceAction(_Base):
         wsgi.reply(resp, 200, {"instanceAction": body})
 
 
+_S = "/v2.1/servers/{server_id}"
+OPERATIONS = (
+    *openapi.discovery_operations(COMPUTE, 200),
+    Operation("GET", identity.PATH, "Identity versions (static, for clients that "
+              "discover one; Tether has no Keystone)", 300, public=True),
+    Operation("GET", identity.V3_PATH, "Identity v3 version document (static)", 200,
+              public=True),
+    Operation("GET", "/v2.1/flavors", "List flavors", 200),
+    Operation("GET", "/v2.1/flavors/detail", "List flavors with details", 200),
+    Operation("GET", "/v2.1/flavors/{flavor_id}", "Show a flavor", 200),
+    Operation("GET", "/v2.1/servers", "List servers", 200, query=("name", "all_tenants")),
+    Operation("POST", "/v2.1/servers", "Create a server (no image: a guest without an OS; "
+              "imageRef: a local image file; or a boot volume)", 202, body=("server",)),
+    Operation("GET", "/v2.1/servers/detail", "List servers with details", 200,
+              query=("name", "all_tenants")),
+    Operation("GET", _S, "Show a server", 200),
+    Operation("DELETE", _S, "Delete a server (detaches its volumes)", 204, errors=(409,)),
+    Operation("POST", _S + "/action", "Server action: os-stop, os-start, lock, unlock, "
+              "shelve, shelveOffload, unshelve", 202,
+              body=("os-stop", "os-start", "lock", "unlock", "shelve", "shelveOffload",
+                    "unshelve"), errors=(409,)),
+    Operation("GET", _S + "/os-volume_attachments", "List a server's volume attachments",
+              200),
+    Operation("POST", _S + "/os-volume_attachments", "Attach a volume", 200,
+              body=("volumeAttachment",), errors=(409,)),
+    Operation("GET", _S + "/os-volume_attachments/{volume_id}", "Show a volume attachment",
+              200),
+    Operation("DELETE", _S + "/os-volume_attachments/{volume_id}", "Detach a volume", 202,
+              errors=(409,)),
+    Operation("GET", _S + "/device-metadata", "Tagged devices of a server", 200),
+    Operation("GET", _S + "/os-instance-actions", "List a server's actions", 200),
+    Operation("GET", _S + "/os-instance-actions/{request_id}",
+              "Show an action with its steps", 200),
+)
+DESCRIPTION = ("Nova v2.1-compatible. Every /v2.1/... path is also served as "
+               "/v2.1/{project_id}/...")
+
+
 def create_app(api: ComputeAPI, auth: Authenticator) -> WsgiApp:
     app = wsgi.create_app(COMPUTE, auth, COLLECTIONS, server_fault="computeFault",
-                          root_status=200)
+                          root_status=200, public=(openapi.PATH, *identity.PUBLIC_PATHS))
+    app.add_route(openapi.PATH, openapi.OpenApiDocument(
+        COMPUTE, "Tether Compute API", DESCRIPTION, OPERATIONS))
+    identity.add_routes(app)
     app.add_route("/v2.1/flavors", Flavors(detail=False))
     app.add_route("/v2.1/flavors/detail", Flavors(detail=True))
     app.add_route("/v2.1/flavors/{flavor_id}", Flavor())

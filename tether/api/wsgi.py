@@ -25,10 +25,12 @@ WsgiApp = falcon.App[falcon.Request, falcon.Response]
 
 class ApiMiddleware:
     def __init__(self, versions: ApiVersions, auth: Authenticator,
-                 collections: Iterable[str]) -> None:
+                 collections: Iterable[str], public: Iterable[str] = ()) -> None:
         self.versions = versions
         self.auth = auth
         self.collections = frozenset(collections)
+        # discovery documents: clients read them before they have a token
+        self.public = frozenset(("/", versions.path, versions.path + "/", *public))
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -36,7 +38,7 @@ class ApiMiddleware:
         req.context.request_id = request_id
         resp.set_header("x-openstack-request-id", request_id)
         url_project = self._strip_project(req)
-        if req.path in ("/", self.versions.path, self.versions.path + "/"):
+        if req.path in self.public:
             req.context.public = True
             return
         req.context.public = False
@@ -91,9 +93,10 @@ class VersionDocument:
 
 
 def create_app(versions: ApiVersions, auth: Authenticator, collections: Iterable[str],
-               server_fault: str, root_status: int) -> WsgiApp:
-    """An app with the request pipeline, the error handlers and version discovery."""
-    app = falcon.App(middleware=[ApiMiddleware(versions, auth, collections)],
+               server_fault: str, root_status: int, public: Iterable[str] = ()) -> WsgiApp:
+    """An app with the request pipeline, the error handlers and version discovery;
+    ``public``: more paths served without a token."""
+    app = falcon.App(middleware=[ApiMiddleware(versions, auth, collections, public)],
                      cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.default_media_type = falcon.MEDIA_JSON
