@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything Tether needs on a fresh Debian 12 machine, as root:
 # Debian packages (libvirt + QEMU, tgt, libiscsi tools, open-iscsi for the
-# host-login connector), the venv in .venv
-# and the package itself (editable, with the dev tools).  Idempotent.
+# host-login connector), the venv in .venv, the package itself (editable,
+# with the dev tools) and the OpenStack clients the tests run, in
+# .venv-clients.  Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +43,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+# the real OpenStack clients the compatibility tests run, in their own venv
+tools/client-venv.sh
 echo "bootstrap: ready ($(.venv/bin/python --version), $(.venv/bin/tether --help >/dev/null && echo tether ok))"

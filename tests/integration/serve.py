@@ -1,0 +1,134 @@
+"""``tether serve`` as its own process on free ports, on the real daemons
+(the session's private tgtd, the host's libvirtd + QEMU), for tests that
+talk to it only over HTTP -- as the OpenStack clients do.  Servers made
+through :meth:`Serve.create_server` are deleted through the API on stop, so
+no domain, export or libvirt secret outlives the test module."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tests.harness import wait_for
+from tests.integration.daemons import Tgtd, free_port
+
+
+@dataclass
+class Serve:
+    compute_port: int
+    volume_port: int
+    default_project: str
+    initiator: str
+    proc: subprocess.Popen[bytes] | None = None
+    servers: list[str] = field(default_factory=list)
+
+    @property
+    def compute_url(self) -> str:
+        return f"http://127.0.0.1:{self.compute_port}/v2.1"
+
+    @property
+    def volume_url(self) -> str:
+        return f"http://127.0.0.1:{self.volume_port}/v3"
+
+    def http(self, token: str) -> httpx.Client:
+        return httpx.Client(timeout=30, headers={
+            "X-Auth-Token": token, "OpenStack-API-Version": "volume 3.71, compute 2.96"})
+
+    def volume(self, token: str, vid: str) -> dict[str, Any]:
+        with self.http(token) as c:
+            res = c.get(f"{self.volume_url}/volumes/{vid}")
+            res.raise_for_status()
+            vol: dict[str, Any] = res.json()["volume"]
+            return vol
+
+    def wait_volume(self, token: str, vid: str, status: str,
+                    timeout: float = 60) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            vol = self.volume(token, vid)
+            assert not vol["status"].startswith("error"), vol
+            return vol if vol["status"] == status else None
+        return dict(wait_for(check, timeout, f"volume {vid} {status}"))
+
+    def create_server(self, token: str, name: str) -> str:
+        with self.http(token) as c:
+            res = c.post(f"{self.compute_url}/servers",
+                         json={"server": {"name": name, "flavorRef": "1"}})
+            res.raise_for_status()
+            sid: str = res.json()["server"]["id"]
+            self.servers.append(sid)
+            wait_for(lambda: c.get(f"{self.compute_url}/servers/{sid}").json()[
+                "server"]["status"] == "ACTIVE", 60, f"server {sid} ACTIVE")
+        return sid
+
+    def delete_servers(self, token: str) -> None:
+        with self.http(token) as c:
+            for sid in self.servers:
+                c.delete(f"{self.compute_url}/servers/{sid}")
+            for sid in self.servers:
+                wait_for(lambda sid=sid: c.get(f"{self.compute_url}/servers/{sid}"
+                                               ).status_code == 404, 60,
+                         f"server {sid} deleted")
+        self.servers.clear()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def tether_serve(state_dir: str, tgtd: Tgtd) -> Iterator[Serve]:
+    tag = uuid.uuid4().hex[:8]
+    serve = Serve(compute_port=free_port(), volume_port=free_port(),
+                  default_project=f"clients-{tag}",
+                  initiator=f"iqn.2010-10.org.tether:clients-{tag}")
+    conf = os.path.join(state_dir, "tether.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[DEFAULT]
+host = clients-{tag}
+transport_url = tether-inproc://clients-{tag}
+[api]
+compute_port = {serve.compute_port}
+volume_port = {serve.volume_port}
+default_project = {serve.default_project}
+[volume]
+target_port = {tgtd.portal_port}
+tgt_control_port = {tgtd.control_port}
+[compute]
+initiator_iqn = {serve.initiator}
+device_detach_timeout = 5
+device_detach_attempts = 2
+""")
+    out = os.path.join(state_dir, "serve.out")
+    tether = os.path.join(os.path.dirname(sys.executable), "tether")
+    with open(out, "wb") as log:
+        proc = subprocess.Popen([tether, "--config-file", conf, "--state-dir", state_dir,
+                                 "serve"], stdout=log, stderr=subprocess.STDOUT)
+    serve.proc = proc
+    try:
+        wait_for(lambda: (_answers(serve.volume_url) and _answers(serve.compute_url))
+                 or proc.poll() is not None, 60, "tether serve up")
+        if proc.poll() is not None:
+            with open(out) as f:
+                raise AssertionError(f"tether serve exited {proc.returncode}:\n{f.read()}")
+        yield serve
+    finally:
+        try:
+            serve.delete_servers("admin:admin")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
