@@ -72,6 +72,7 @@ RULES: dict[str, Check] = {
     "server:volume_attachments:index": _owner_or_admin,
     "server:volume_attachments:show": _owner_or_admin,
     "server:volume_attachments:create": _owner_or_admin,
+    "server:volume_attachments:update": _owner_or_admin,
     "server:volume_attachments:delete": _owner_or_admin,
     "server:instance_actions": _owner_or_admin,
     "server:instance_actions:events:traceback": _admin,

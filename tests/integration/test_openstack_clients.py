@@ -116,7 +116,12 @@ def test_openstack_cli_volume_lifecycle(serve: Serve, clients: Clients,
     _assert_attached(serve, target, sid, vid)
 
     rows = clients.openstack("server", "volume", "list", server_name, "-f", "json")
-    assert [(r["Volume ID"], r["Device"]) for r in rows] == [(vid, att["Device"])]
+    assert [(r["Volume ID"], r["Device"], r["Delete On Termination?"]) for r in rows] == [
+        (vid, att["Device"], False)]
+    clients.openstack("server", "volume", "update", "--delete-on-termination", server_name,
+                      volume_name)  # PUT os-volume_attachments, microversion 2.85
+    rows = clients.openstack("server", "volume", "list", server_name, "-f", "json")
+    assert [r["Delete On Termination?"] for r in rows] == [True]
     atts = clients.openstack("volume", "attachment", "list", "-f", "json")
     mine = [a for a in atts if a["Volume ID"] == vid]
     assert [(a["Server ID"], a["Status"]) for a in mine] == [(sid, "attached")]

@@ -224,6 +224,38 @@ class VolumeAttachment(_Base):
         wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(
             bdm, wsgi.version(req))})
 
+    def on_put(self, req: falcon.Request, resp: falcon.Response, server_id: str,
+               volume_id: str) -> None:
+        """From 2.85, the same volumeId: update delete_on_termination (the other
+        members may be given but not changed).  A different volumeId, or any
+        PUT before 2.85, is Nova's volume swap, which Tether does not do."""
+        sid, version = _server_id(server_id), wsgi.version(req)
+        data = wsgi.body(req, "volumeAttachment")
+        if not isinstance(data, dict):
+            raise errors.bad_request("Invalid volumeAttachment: expected an object.")
+        new_volume = _uuid(data.get("volumeId"), "volumeId")
+        if not version.at_least("2.85") or new_volume != volume_id:
+            raise errors.bad_request(
+                "Swapping a server's volume for another is not supported: detach it and "
+                "attach the other.  To change delete_on_termination, PUT the same volumeId "
+                "with microversion 2.85 or later.")
+        extra = sorted(set(data) - {"volumeId", "delete_on_termination", "device", "tag",
+                                    "serverId", "id"})
+        if extra:
+            raise errors.bad_request(f"Invalid input for volumeAttachment: additional "
+                                     f"properties are not allowed ({', '.join(extra)}).")
+        bdm = self.api.get_volume_attachment(wsgi.caller(req), sid, volume_id)
+        current = {"device": bdm.device_name, "tag": bdm.tag, "serverId": bdm.instance_uuid,
+                   "id": bdm.volume_id}
+        changed = sorted(k for k, v in current.items() if k in data and data[k] != v)
+        if changed:
+            raise errors.bad_request(f"Only delete_on_termination of a volume attachment can "
+                                     f"be updated, not {', '.join(changed)}.")
+        if "delete_on_termination" in data:
+            self.api.set_delete_on_termination(wsgi.caller(req), sid, volume_id, _boolean(
+                data["delete_on_termination"], "delete_on_termination"))
+        wsgi.reply(resp, 202)
+
     def on_delete(self, req: falcon.Request, resp: falcon.Response, server_id: str,
                   volume_id: str) -> None:
         self.api.detach_volume(wsgi.caller(req), _server_id(server_id), volume_id,
@@ -291,6 +323,9 @@ OPERATIONS = (
               body=("volumeAttachment",), errors=(409,)),
     Operation("GET", _S + "/os-volume_attachments/{volume_id}", "Show a volume attachment",
               200),
+    Operation("PUT", _S + "/os-volume_attachments/{volume_id}", "Update "
+              "delete_on_termination (the same volumeId; swapping volumes is not "
+              "supported)", 202, body=("volumeAttachment",), since="2.85"),
     Operation("DELETE", _S + "/os-volume_attachments/{volume_id}", "Detach a volume", 202,
               errors=(409,)),
     Operation("GET", _S + "/device-metadata", "Tagged devices of a server", 200),

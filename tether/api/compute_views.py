@@ -95,6 +95,8 @@ def server_detail(inst: InstanceRecord, bdms: list[BdmRecord],
         body["server_groups"] = []
     if version.at_least("2.73"):
         body["locked_reason"] = None
+    if version.at_least("2.96"):
+        body["pinned_availability_zone"] = None
     if show_host:
         body["OS-EXT-SRV-ATTR:host"] = inst.host
         body["OS-EXT-SRV-ATTR:hypervisor_hostname"] = inst.host

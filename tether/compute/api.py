@@ -271,6 +271,18 @@ class ComputeAPI:
             raise VolumeNotAttached(server_id, volume_id)
         return bdm
 
+    def set_delete_on_termination(self, ctx: RequestContext, server_id: str, volume_id: str,
+                                  delete_on_termination: bool) -> BdmRecord:
+        """Microversion 2.85: whether deleting the server deletes the volume."""
+        with self.db.begin() as c:
+            self._server(c, ctx, server_id, "server:volume_attachments:update")
+            bdm = self._bdm(c, server_id, volume_id)
+            if bdm is None:
+                raise VolumeNotAttached(server_id, volume_id)
+            BDMS.update(c, bdm.id, {"delete_on_termination": delete_on_termination,
+                                    "updated_at": models.utcnow()})
+        return dataclasses.replace(bdm, delete_on_termination=delete_on_termination)
+
     def list_volume_attachments(self, ctx: RequestContext, server_id: str
                                 ) -> list[BdmRecord]:
         with self.db.begin() as c:

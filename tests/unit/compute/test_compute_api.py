@@ -148,6 +148,36 @@ def test_attach_records_steps_and_shapes_follow_microversions(tether: Tether) ->
     assert [(a["server_id"], a["device"]) for a in vol["attachments"]] == [(sid, "/dev/sdb")]
 
 
+def test_update_delete_on_termination_from_285(tether: Tether) -> None:
+    nova, _, sid, vid = _setup(tether)
+    _attach(tether, nova, sid, vid, tag="keep")
+    url = f"/v2.1/servers/{sid}/os-volume_attachments/{vid}"
+    new = nova.as_version("2.85")
+    res = new.put(url, {"volumeAttachment": {"volumeId": vid, "delete_on_termination": True,
+                                             "tag": "keep", "serverId": sid}})
+    assert res.status_code == 202 and res.text == ""
+    assert new.get(url).json["volumeAttachment"]["delete_on_termination"] is True
+    for version, body in (
+            ("2.84", {"volumeId": vid, "delete_on_termination": False}),  # a swap before 2.85
+            ("2.85", {"volumeId": str(uuid.uuid4())}),  # a swap
+            ("2.85", {"volumeId": vid, "tag": "other"}),  # only delete_on_termination changes
+            ("2.85", {"volumeId": vid, "bdm_uuid": "x"})):
+        res = nova.as_version(version).put(url, {"volumeAttachment": body})
+        assert res.status_code == 400, (version, body, res.text)
+    assert new.get(url).json["volumeAttachment"]["delete_on_termination"] is True
+    assert tether.nova("bob:p2", "2.85").put(url, {"volumeAttachment": {
+        "volumeId": vid, "delete_on_termination": False}}).status_code == 404
+
+
+def test_pinned_availability_zone_from_296(tether: Tether) -> None:
+    nova = tether.nova()
+    sid = tether.create_server(nova)["id"]
+    assert "pinned_availability_zone" not in nova.as_version("2.95").get(
+        f"/v2.1/servers/{sid}").json["server"]
+    assert nova.as_version("2.96").get(f"/v2.1/servers/{sid}").json["server"][
+        "pinned_availability_zone"] is None
+
+
 @pytest.mark.parametrize(("version", "extra", "message"), [
     ("2.48", {"tag": "t"}, "tag"),
     ("2.78", {"delete_on_termination": True}, "delete_on_termination"),
