@@ -79,7 +79,7 @@ class _Base:
 
 class Servers(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        insts = self.api.list_servers(wsgi.caller(req), req.get_param("name"),
+        insts = self.api.list_servers(wsgi.caller(req), _name_filter(req),
                                       _all_projects(req))
         base = wsgi.base_url(req)
         wsgi.reply(resp, 200, {"servers": [views.server_summary(i, base) for i in insts]})
@@ -135,6 +135,21 @@ def _boolean(value: Any, what: str) -> bool:
     return value
 
 
+def _name_filter(req: falcon.Request) -> str | None:
+    """``?name=``: a regular expression, as in Nova (which answers 400 for an
+    invalid one)."""
+    name = req.get_param("name")
+    if name is not None:
+        try:
+            re.compile(name)
+        except re.error as e:
+            raise errors.bad_request(f"Invalid input for query parameters name. Value: "
+                                     f"{name}. It is not a valid regular expression "
+                                     f"({e}); escape special characters such as "
+                                     f"'[' with a backslash.") from None
+    return name
+
+
 def _all_projects(req: falcon.Request) -> bool:
     value = req.get_param("all_tenants")
     return value is not None and value.lower() not in ("0", "false", "no")
@@ -142,7 +157,7 @@ def _all_projects(req: falcon.Request) -> bool:
 
 class ServersDetail(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        insts = self.api.list_servers(wsgi.caller(req), req.get_param("name"),
+        insts = self.api.list_servers(wsgi.caller(req), _name_filter(req),
                                       _all_projects(req))
         wsgi.reply(resp, 200, {"servers": self._detail(req, insts)})
 

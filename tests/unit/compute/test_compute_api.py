@@ -169,6 +169,16 @@ def test_update_delete_on_termination_from_285(tether: Tether) -> None:
         "volumeId": vid, "delete_on_termination": False}}).status_code == 404
 
 
+@pytest.mark.parametrize("path", ["/v2.1/servers", "/v2.1/servers/detail"])
+def test_name_filter_is_a_regex_and_an_invalid_one_is_400(tether: Tether, path: str) -> None:
+    nova = tether.nova()
+    name = f"rx-{uuid.uuid4().hex[:8]}"
+    sid = tether.create_server(nova, name)["id"]
+    assert [s["id"] for s in nova.get(f"{path}?name=^{name}$").json["servers"]] == [sid]
+    res = nova.get(f"{path}?name={name}[")
+    assert res.status_code == 400 and "regular expression" in res.json["badRequest"]["message"]
+
+
 def test_pinned_availability_zone_from_296(tether: Tether) -> None:
     nova = tether.nova()
     sid = tether.create_server(nova)["id"]
