@@ -140,7 +140,7 @@ def test_openstack_cli_volume_lifecycle(serve: Serve, clients: Clients,
 def test_openstack_cli_tokens(serve: Serve, clients: Clients) -> None:
     """``--os-token user:project --os-endpoint`` (OSC's admin_token) acts as that
     user in that project; the admin token (``auth_type: admin_token``, which
-    needs the static identity document) sees every project."""
+    needs the static identity document) sees every project; flavors by name."""
     project = _name("tok")
     volume_name = _name("tok-vol")
     vol = clients.openstack("volume", "create", "--size", "1", volume_name, "-f", "json",
@@ -151,6 +151,8 @@ def test_openstack_cli_tokens(serve: Serve, clients: Clients) -> None:
     every = clients.openstack("volume", "list", "--all-projects", "-f", "json",
                               cloud="tether-admin")
     assert vol["id"] in {v["ID"] for v in every}
+    flavor = clients.openstack("flavor", "show", "t1.small", "-f", "json", cloud="tether-admin")
+    assert (flavor["id"], flavor["name"], flavor["properties"]) == ("3", "t1.small", {})
     serve.wait_volume(f"tok-user:{project}", vol["id"], "available")
     clients.openstack("volume", "delete", vol["id"], token=f"tok-user:{project}")
     wait_for(lambda: _gone(serve, "admin:admin", vol["id"]), 30, "volume deleted")

@@ -64,6 +64,26 @@ class Flavor:
             flavor, wsgi.base_url(req), wsgi.version(req))})
 
 
+class FlavorExtraSpecs:
+    """``GET /flavors/{id}/os-extra_specs``: Tether's flavors have none (the
+    ``openstack flavor show`` and ``flavor list --long`` read them)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, flavor_id: str) -> None:
+        authorize(wsgi.caller(req), "flavor:list")
+        if flavor_id not in flavors.FLAVORS:
+            raise FlavorNotFound(flavor_id)
+        wsgi.reply(resp, 200, {"extra_specs": {}})
+
+
+class FlavorExtraSpec:
+    def on_get(self, req: falcon.Request, resp: falcon.Response, flavor_id: str,
+               key: str) -> None:
+        authorize(wsgi.caller(req), "flavor:list")
+        if flavor_id not in flavors.FLAVORS:
+            raise FlavorNotFound(flavor_id)
+        raise errors.not_found(f"Flavor {flavor_id} has no extra specs with key {key}.")
+
+
 class _Base:
     def __init__(self, api: ComputeAPI) -> None:
         self.api = api
@@ -321,6 +341,10 @@ OPERATIONS = (
     Operation("GET", "/v2.1/flavors", "List flavors", 200),
     Operation("GET", "/v2.1/flavors/detail", "List flavors with details", 200),
     Operation("GET", "/v2.1/flavors/{flavor_id}", "Show a flavor", 200),
+    Operation("GET", "/v2.1/flavors/{flavor_id}/os-extra_specs",
+              "A flavor's extra specs (always none)", 200),
+    Operation("GET", "/v2.1/flavors/{flavor_id}/os-extra_specs/{key}",
+              "One extra spec of a flavor (never found)", 200),
     Operation("GET", "/v2.1/servers", "List servers", 200, query=("name", "all_tenants")),
     Operation("POST", "/v2.1/servers", "Create a server (no image: a guest without an OS; "
               "imageRef: a local image file; or a boot volume)", 202, body=("server",)),
@@ -361,6 +385,8 @@ def create_app(api: ComputeAPI, auth: Authenticator) -> WsgiApp:
     app.add_route("/v2.1/flavors", Flavors(detail=False))
     app.add_route("/v2.1/flavors/detail", Flavors(detail=True))
     app.add_route("/v2.1/flavors/{flavor_id}", Flavor())
+    app.add_route("/v2.1/flavors/{flavor_id}/os-extra_specs", FlavorExtraSpecs())
+    app.add_route("/v2.1/flavors/{flavor_id}/os-extra_specs/{key}", FlavorExtraSpec())
     app.add_route("/v2.1/servers", Servers(api))
     app.add_route("/v2.1/servers/detail", ServersDetail(api))
     app.add_route("/v2.1/servers/{server_id}", Server(api))

@@ -66,6 +66,10 @@ def test_flavors(tether: Tether) -> None:
     f = nova.get("/v2.1/flavors/1").json["flavor"]
     assert (f["vcpus"], f["ram"]) == (1, 64)
     assert nova.get("/v2.1/flavors/99").status_code == 404
+    # openstack flavor show reads the extra specs: there are none
+    assert nova.get("/v2.1/flavors/1/os-extra_specs").json == {"extra_specs": {}}
+    assert nova.get("/v2.1/flavors/1/os-extra_specs/hw:cpu_policy").status_code == 404
+    assert nova.get("/v2.1/flavors/99/os-extra_specs").status_code == 404
 
 
 def test_server_lifecycle(tether: Tether) -> None:
