@@ -49,6 +49,7 @@ RULES: dict[str, Check] = {
     "volume:reset_status": _admin,
     "volume:force_detach": _admin,
     "volume:see_chap_secret": _service_or_admin,
+    "volume_type:get": _any_user,
     "attachment:create": _owner_or_admin,
     "attachment:get": _owner_or_admin,
     "attachment:get_all": _any_user,

@@ -10,7 +10,7 @@ from typing import Any
 
 import falcon
 
-from tether.api import errors, openapi, wsgi
+from tether.api import errors, openapi, volume_types, wsgi
 from tether.api import volume_views as views
 from tether.api.auth import Authenticator
 from tether.api.openapi import Operation
@@ -22,7 +22,7 @@ from tether.policy import allowed
 from tether.volume.api import VolumeAPI
 from tether.volume.legacy import LegacyActions
 
-COLLECTIONS = ("volumes", "attachments")
+COLLECTIONS = ("volumes", "attachments", "types")
 
 
 def _require(req: falcon.Request, minimum: str, what: str) -> None:
@@ -104,6 +104,7 @@ class Volumes(_Base):
         if not isinstance(size, int) or isinstance(size, bool):
             raise errors.bad_request("Invalid input received: 'size' is required and must be "
                                      "an integer number of GiB.")
+        volume_types.check(data.get("volume_type"))
         for unsupported in ("snapshot_id", "source_volid", "imageRef", "backup_id"):
             if data.get(unsupported):
                 raise errors.bad_request(f"Creating a volume from {unsupported} is not "
@@ -320,6 +321,11 @@ OPERATIONS = (
     Operation("POST", "/v3/volumes/{volume_id}/action", "Legacy volume action (one of "
               + ", ".join(_ACTIONS) + "); os-initialize_connection answers 200 with "
               "connection_info, the others 202", 202, body=_ACTIONS, errors=(409,)),
+    Operation("GET", "/v3/types", "List volume types (one: __DEFAULT__)", 200),
+    Operation("GET", "/v3/types/{type_id}", "Show a volume type, by id or name ('default' "
+              "from 3.62)", 200),
+    Operation("GET", "/v3/types/{type_id}/extra_specs", "A volume type's extra specs "
+              "(none)", 200),
     Operation("GET", "/v3/attachments", "List attachments", 200, query=_ATT_LIST,
               since="3.27"),
     Operation("POST", "/v3/attachments", "Create an attachment (reserve the volume; with a "
@@ -351,6 +357,9 @@ def create_app(api: VolumeAPI, auth: Authenticator) -> WsgiApp:
     app.add_route("/v3/volumes/detail", VolumesDetail(api))
     app.add_route("/v3/volumes/{volume_id}", Volume(api))
     app.add_route("/v3/volumes/{volume_id}/action", VolumeAction(legacy))
+    app.add_route("/v3/types", volume_types.VolumeTypes())
+    app.add_route("/v3/types/{type_id}", volume_types.VolumeType())
+    app.add_route("/v3/types/{type_id}/extra_specs", volume_types.VolumeTypeExtraSpecs())
     app.add_route("/v3/attachments", Attachments(api))
     app.add_route("/v3/attachments/detail", AttachmentsDetail(api))
     app.add_route("/v3/attachments/{attachment_id}", Attachment(api))

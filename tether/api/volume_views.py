@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from tether.api import volume_types
 from tether.api.versions import Version
 from tether.connection import ConnectionInfo
 from tether.db.records import AttachmentRecord, VolumeRecord
@@ -37,7 +38,7 @@ def volume_detail(vol: VolumeRecord, attachments: list[AttachmentRecord],
         "created_at": iso(vol.created_at),
         "updated_at": iso(vol.updated_at),
         "description": vol.description,
-        "volume_type": "__DEFAULT__",
+        "volume_type": volume_types.NAME,
         "snapshot_id": None,
         "source_volid": None,
         "metadata": dict(vol.meta or {}),
@@ -63,7 +64,7 @@ def volume_detail(vol: VolumeRecord, attachments: list[AttachmentRecord],
         body["shared_targets"] = vol.shared_targets
         body["service_uuid"] = vol.service_uuid
     if version.at_least("3.63"):
-        body["volume_type_id"] = None
+        body["volume_type_id"] = volume_types.ID
     if version.at_least("3.65"):
         body["consumes_quota"] = True
     return body
