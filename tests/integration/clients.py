@@ -21,8 +21,9 @@ VENV_BIN = os.path.join(ROOT, ".venv-clients", "bin")
 
 def ensure_client_venv() -> str:
     """Install the clients once (cached across runs); the venv's bin dir."""
-    subprocess.run([os.path.join(ROOT, "tools", "client-venv.sh")], check=True,
-                   capture_output=True, timeout=900)
+    proc = subprocess.run([os.path.join(ROOT, "tools", "client-venv.sh")], check=False,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"tools/client-venv.sh failed:\n{proc.stdout}{proc.stderr}"
     return VENV_BIN
 
 
