@@ -7,6 +7,7 @@ from __future__ import annotations
 import falcon
 import falcon.inspect
 import pytest
+from openapi_spec_validator import validate
 
 from tests.harness import Tether
 from tether.api import block_storage, compute, openapi
@@ -34,6 +35,11 @@ def test_document_matches_routes_both_ways(tether: Tether, api: str) -> None:
     routed, documented = _routed(app), _documented(doc)
     assert routed - documented == set(), "routes missing from the OpenAPI document"
     assert documented - routed == set(), "documented operations nobody routes"
+
+
+@pytest.mark.parametrize("api", ["compute", "volume"])
+def test_document_is_valid_openapi(tether: Tether, api: str) -> None:
+    validate(falcon.testing.TestClient(_apps(tether)[api]).simulate_get(openapi.PATH).json)
 
 
 @pytest.mark.parametrize("api", ["compute", "volume"])
