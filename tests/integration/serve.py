@@ -1,8 +1,9 @@
 """``tether serve`` as its own process on free ports, on the real daemons
 (the session's private tgtd, the host's libvirtd + QEMU), for tests that
 talk to it only over HTTP -- as the OpenStack clients do.  Servers made
-through :meth:`Serve.create_server` are deleted through the API on stop, so
-no domain, export or libvirt secret outlives the test module."""
+through :meth:`Serve.create_server`, then every volume, are deleted through
+the API on stop, so no domain, export, libvirt secret or volume file
+outlives the test module."""
 
 from __future__ import annotations
 
@@ -78,6 +79,18 @@ class Serve:
                          f"server {sid} deleted")
         self.servers.clear()
 
+    def delete_volumes(self, admin_token: str) -> None:
+        """Every volume still there, of every project."""
+        with self.http(admin_token) as c:
+            vids = [v["id"] for v in c.get(f"{self.volume_url}/volumes?all_tenants=1"
+                                           ).json()["volumes"]]
+            for vid in vids:
+                c.delete(f"{self.volume_url}/volumes/{vid}").raise_for_status()
+            for vid in vids:
+                wait_for(lambda vid=vid: c.get(f"{self.volume_url}/volumes/{vid}"
+                                               ).status_code == 404, 30,
+                         f"volume {vid} deleted")
+
 
 def _answers(url: str) -> bool:
     try:
@@ -125,6 +138,7 @@ device_detach_attempts = 2
     finally:
         try:
             serve.delete_servers("admin:admin")
+            serve.delete_volumes("admin:admin")
         finally:
             proc.terminate()
             try:
