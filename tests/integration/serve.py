@@ -113,6 +113,8 @@ transport_url = tether-inproc://clients-{tag}
 [api]
 compute_port = {serve.compute_port}
 volume_port = {serve.volume_port}
+# not 9292: the Image API's default port (an option unknown to this version is ignored)
+image_port = {free_port()}
 default_project = {serve.default_project}
 [volume]
 target_port = {tgtd.portal_port}
