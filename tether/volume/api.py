@@ -161,8 +161,8 @@ class VolumeAPI:
                ) -> VolumeRecord:
         with self.db.begin() as c:
             vol = self._volume(c, ctx, volume_id, "volume:update")
-            values: dict[str, Any] = {k: changes[k] for k in ("name", "description")
-                                      if k in changes}
+            values: dict[str, Any] = {
+                k: changes[k] for k in ("name", "description") if k in changes}
             if "metadata" in changes:
                 values["meta"] = dict(changes["metadata"])
             if not values:
@@ -234,10 +234,10 @@ class VolumeAPI:
             previous = {"attach_status": att.attach_status, "initiator": att.initiator,
                         "connector": att.connector, "attached_host": att.attached_host,
                         "mountpoint": att.mountpoint}
-            values: dict[str, Any] = {"attach_status": att_states.ATTACHING,
-                      "initiator": connector.initiator, "connector": connector.to_dict(),
-                      "attached_host": connector.host or None,
-                      "mountpoint": connector.mountpoint or att.mountpoint}
+            values: dict[str, Any] = {
+                "attach_status": att_states.ATTACHING, "initiator": connector.initiator,
+                "connector": connector.to_dict(), "attached_host": connector.host or None,
+                "mountpoint": connector.mountpoint or att.mountpoint}
             ATTACHMENTS.update(c, att.id, values)
             att = dataclasses.replace(att, **values)  # the row as this transaction leaves it
         try:
