@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tests.harness import Api, Tether, wait_for
 from tests.integration.daemons import Tgtd
+from tether.connectors.base import VolumeConnector
 from tether.connectors.iscsi_direct import IscsiDirectConnector
 from tether.executor import ProcessRunner
 from tether.virt.libvirt.driver import LibvirtDriver
@@ -25,17 +26,21 @@ class RealTether(Tether):
 
 @contextlib.contextmanager
 def real_tether(state_dir: str, tgtd: Tgtd,
-                overrides: dict[str, dict[str, object]] | None = None) -> Iterator[RealTether]:
+                overrides: dict[str, dict[str, object]] | None = None,
+                wrap: Callable[[VolumeConnector], VolumeConnector] | None = None
+                ) -> Iterator[RealTether]:
+    """``wrap`` puts a test's own connector around the real one (to hold an
+    operation inside it, or to watch it)."""
     virt = LibvirtDriver()
     initiator = f"iqn.2010-10.org.tether:it-{uuid.uuid4().hex[:8]}"
     base: dict[str, dict[str, object]] = {
         "compute": {"device_detach_timeout": 1.0, "device_detach_attempts": 2}}
     for group, values in (overrides or {}).items():
         base.setdefault(group, {}).update(values)
+    connector: VolumeConnector = IscsiDirectConnector(virt, initiator, "testhost", "127.0.0.1")
     t = RealTether(state_dir,
                    TgtTarget(ProcessRunner(), "127.0.0.1", tgtd.portal_port, tgtd.control_port),
-                   virt, IscsiDirectConnector(virt, initiator, "testhost", "127.0.0.1"),
-                   overrides=base)
+                   virt, wrap(connector) if wrap else connector, overrides=base)
     t.initiator, t.servers = initiator, []
     try:
         yield t
