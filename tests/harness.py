@@ -4,15 +4,21 @@ for unit tests, tgt/libvirt for integration tests)."""
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import falcon.testing
+import oslo_messaging as messaging
+from oslo_config import cfg
 
 from tether import config
 from tether.connectors.base import VolumeConnector
+from tether.messaging import transport as tr
+from tether.notifications import TOPIC
 from tether.service import Drivers, Embedded
 from tether.virt.driver import VirtDriver
 from tether.volume.targets.base import TargetDriver
@@ -76,6 +82,43 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+Notification = tuple[str, str, dict[str, Any]]  # (priority, event type, payload)
+
+
+@contextlib.contextmanager
+def notifications(conf: cfg.ConfigOpts) -> Iterator[queue.Queue[Notification]]:
+    """What is published on Tether's notification topic while in the block,
+    consumed from the bus by a listener of its own (pool)."""
+    got: queue.Queue[Notification] = queue.Queue()
+
+    class Endpoint:
+        def info(self, ctxt: Any, publisher: str, event: str, payload: Any, md: Any) -> None:
+            got.put(("info", event, payload))
+
+        def error(self, ctxt: Any, publisher: str, event: str, payload: Any, md: Any) -> None:
+            got.put(("error", event, payload))
+
+    transport = tr.notification_transport(conf, conf.transport_url)
+    listener = tr.notification_listener(transport, [messaging.Target(topic=TOPIC)],
+                                        [Endpoint()], pool=f"test-{uuid.uuid4().hex}")
+    listener.start()
+    try:
+        yield got
+    finally:
+        listener.stop()
+        listener.wait()
+        transport.cleanup()
+
+
+def next_about(got: queue.Queue[Notification], volume_id: str,
+               timeout: float = 10.0) -> Notification:
+    """The next notification about ``volume_id`` (others are skipped)."""
+    while True:
+        item = got.get(timeout=timeout)
+        if item[2].get("volume_id") == volume_id:
+            return item
 
 
 class Tether:
