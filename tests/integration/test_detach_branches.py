@@ -120,6 +120,10 @@ def test_shelve_offload_detach_and_unshelve(tether: RealTether) -> None:
         assert vid not in tether.target.exports() and not secret_exists(vid)
         assert _status(cinder, vid) == "reserved"
 
+    res = nova.as_version("2.19").delete(f"/v2.1/servers/{sid}/os-volume_attachments/{drop}")
+    assert res.status_code == 409 and "2.20" in res.json["conflictingRequest"]["message"]
+    assert _status(cinder, drop) == "reserved"
+
     # no host: the API does the storage side and the BDM, nothing else
     action = _detach(tether, nova.as_version("2.20"), sid, drop)
     assert not action["message"]
