@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -29,9 +29,12 @@ class RequestContext:
         return self.is_admin or self.is_service
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["roles"] = list(self.roles)
-        return data
+        # written out: dataclasses.asdict deep-copies recursively, and every
+        # RPC message and notification carries a context
+        return {"user_id": self.user_id, "project_id": self.project_id,
+                "roles": list(self.roles), "is_admin": self.is_admin,
+                "is_service": self.is_service, "request_id": self.request_id,
+                "auth_token": self.auth_token}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestContext:

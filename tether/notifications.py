@@ -28,7 +28,10 @@ class Notifier:
         self._transport = tr.notification_transport(conf, conf.transport_url)
         self._notifier = messaging.Notifier(self._transport, publisher_id=publisher,
                                             topics=[TOPIC])
-        self.enabled = self._notifier.is_enabled()
+        # oslo.messaging calls a notifier with no driver at all "enabled" (it
+        # only checks for ['noop']); such a notifier sends nothing anywhere
+        self.enabled = (bool(conf.oslo_messaging_notifications.driver)
+                        and self._notifier.is_enabled())
 
     def emit(self, ctx: RequestContext, event_type: str, payload: dict[str, Any],
              error: bool = False) -> None:
