@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     Column,
+    ColumnDefault,
     Connection,
     Select,
     Table,
@@ -160,8 +161,9 @@ class Gateway(Generic[R]):
         (self.pk,) = mapper.primary_key
         self.select: Select[Any] = select(*[c.label(k) for k, c in self.columns.items()])
         self._by_pk = Prepared(self.select.where(self.pk == bindparam("pk_")))
-        self._insert = insert(self.table).returning(
-            *[c.label(k) for k, c in self.columns.items()])
+        self._inserts: dict[tuple[str, ...], Prepared] = {}
+        self._defaults = {k: c.default for k, c in self.columns.items()
+                          if isinstance(c.default, ColumnDefault)}
         self._updates: dict[tuple[Any, ...], Prepared] = {}
         self._stamped = [k for k, c in self.columns.items() if c.onupdate is not None]
         self._guard = threading.Lock()
@@ -188,9 +190,23 @@ class Gateway(Generic[R]):
         return self.record(*row) if row is not None else None
 
     def insert(self, conn: Connection, values: Mapping[str, Any]) -> R:
-        """Insert a row (column defaults apply) and return it as a record."""
-        row = conn.execute(self._insert, {self.columns[k].key: v for k, v in values.items()})
-        return self.record(*row.one())
+        """Insert a row (the columns' Python defaults apply) and return it as a
+        record (with what the database assigned, e.g. an autoincrement id)."""
+        row = dict(values)
+        for name, default in self._defaults.items():
+            if name not in row:
+                row[name] = default.arg(None) if default.is_callable else default.arg
+        shape = tuple(row)
+        stmt = self._inserts.get(shape)
+        if stmt is None:
+            stmt = Prepared(insert(self.table).values(
+                {self.columns[k].key: bindparam(f"v_{k}") for k in shape}).returning(
+                *[c.label(k) for k, c in self.columns.items()]))
+            with self._guard:
+                self._inserts[shape] = stmt
+        inserted = stmt.first(conn, {f"v_{k}": v for k, v in row.items()})
+        assert inserted is not None
+        return self.record(*inserted)
 
     def update(self, conn: Connection, pk: Any, values: Mapping[str, Any],
                expected: Expected | None = None) -> bool:

@@ -14,7 +14,7 @@ from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
 from tether.db.prepared import Prepared
-from tether.db.records import INSTANCES, VOLUMES, one_of
+from tether.db.records import BDMS, INSTANCES, VOLUMES, one_of
 from tether.operations import Operations
 
 _V = VOLUMES.columns
@@ -113,5 +113,28 @@ def operations_record_their_steps(db: Database) -> None:
     assert all(r.finish_time is not None for r in rows) and finished is not None
 
 
-CASES = [values_round_trip, fixed_states_and_rowcount, takes_part_in_the_transaction,
+def gateway_insert_applies_defaults_and_returns_the_row(db: Database) -> None:
+    """Inserts are prepared too: Python defaults filled in, database-assigned
+    ids (autoincrement) come back."""
+    server = str(uuid.uuid4())
+    with db.begin() as c:
+        inst = INSTANCES.insert(c, {"uuid": server, "name": "s", "project_id": "p",
+                                    "user_id": "u", "flavor_id": "1", "vcpus": 1,
+                                    "memory_mb": 64, "vm_state": "active"})
+        first = BDMS.insert(c, {"uuid": str(uuid.uuid4()), "instance_uuid": server,
+                                "volume_id": "v", "source_type": "volume",
+                                "destination_type": "volume",
+                                "connection_info": {"k": [1]}})
+        second = BDMS.insert(c, {"uuid": str(uuid.uuid4()), "instance_uuid": server,
+                                 "source_type": "volume", "destination_type": "volume"})
+    assert (inst.meta, inst.locked, inst.power_state, inst.deleted) == ({}, False, 0, False)
+    assert isinstance(inst.created_at, dt.datetime) and inst.updated_at is None
+    assert second.id > first.id > 0
+    assert (first.connection_info, first.delete_on_termination) == ({"k": [1]}, False)
+    with db.begin() as c:
+        again = BDMS.get(c, first.id)
+    assert again == first
+
+
+CASES = [gateway_insert_applies_defaults_and_returns_the_row, values_round_trip, fixed_states_and_rowcount, takes_part_in_the_transaction,
          many_rows, operations_record_their_steps]
