@@ -45,7 +45,7 @@ def _json_out(value: Any) -> Any:
 def _sqlite_datetime_out(value: Any) -> Any:
     # SQLAlchemy's storage format for DATETIME on SQLite (always microseconds,
     # so stored values compare correctly as text)
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if value is not None else None
+    return value.isoformat(" ", "microseconds") if value is not None else None
 
 
 def _json_in(value: Any) -> Any:
