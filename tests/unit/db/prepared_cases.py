@@ -136,5 +136,6 @@ def gateway_insert_applies_defaults_and_returns_the_row(db: Database) -> None:
     assert again == first
 
 
-CASES = [gateway_insert_applies_defaults_and_returns_the_row, values_round_trip, fixed_states_and_rowcount, takes_part_in_the_transaction,
-         many_rows, operations_record_their_steps]
+CASES = [gateway_insert_applies_defaults_and_returns_the_row, values_round_trip,
+         fixed_states_and_rowcount, takes_part_in_the_transaction, many_rows,
+         operations_record_their_steps]
