@@ -17,6 +17,8 @@ from oslo_config import cfg
 
 from tether import config
 from tether.connectors.base import VolumeConnector
+from tether.db.api import Database
+from tether.db.records import BDMS
 from tether.messaging import transport as tr
 from tether.notifications import TOPIC
 from tether.service import Drivers, Embedded
@@ -209,3 +211,15 @@ def _server_status_is(nova: Api, sid: str, status: str) -> dict[str, Any] | None
     srv = nova.get(f"/v2.1/servers/{sid}").json["server"]
     return srv if srv["status"] == status else None
 
+
+
+def add_old_flow_bdm(db: Database, server_id: str, volume_id: str,
+                     connection_info: dict[str, Any]) -> None:
+    """A block device mapping as the old attach flow left it: no attachment
+    id, the connection_info (maybe with a stashed connector) kept on it."""
+    with db.begin() as c:
+        BDMS.insert(c, {"uuid": str(uuid.uuid4()), "instance_uuid": server_id,
+                        "volume_id": volume_id, "attachment_id": None,
+                        "device_name": "/dev/sdb", "disk_bus": "scsi",
+                        "source_type": "volume", "destination_type": "volume",
+                        "connection_info": connection_info})

@@ -7,14 +7,13 @@ import contextlib
 import datetime as dt
 import logging
 import pathlib
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.harness import Api, wait_for
+from tests.harness import Api, add_old_flow_bdm, wait_for
 from tests.integration.daemons import Tgtd
 from tests.integration.stack import RealTether, domain_xml, real_tether, secret_exists, server
 from tether.connection import ConnectionInfo
@@ -207,12 +206,7 @@ def _legacy_attach(t: RealTether, sid: str, vid: str, connector: dict[str, Any],
                                           "host_name": connector["host"]}}
                       ).status_code == 202
     kept = info.to_dict(with_secret=False) | ({"connector": stash} if stash else {})
-    with t.db.session() as s:
-        s.add(models.BlockDeviceMapping(
-            uuid=str(uuid.uuid4()), instance_uuid=sid, volume_id=vid, attachment_id=None,
-            device_name="/dev/sdb", disk_bus="scsi", source_type="volume",
-            destination_type="volume", connection_info=kept, delete_on_termination=False,
-            created_at=models.utcnow(), deleted=False))
+    add_old_flow_bdm(t.db, sid, vid, kept)
     assert t.target.exports()[vid].initiators == {connector["initiator"]}
 
 

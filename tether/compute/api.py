@@ -25,7 +25,7 @@ from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
 from tether.db.prepared import Prepared
-from tether.db.records import BDMS, INSTANCES, BdmRecord, InstanceRecord, by
+from tether.db.records import BDMS, INSTANCES, BdmRecord, InstanceRecord, by, grouped
 from tether.exceptions import (
     ActionNotFound,
     ComputeServiceDown,
@@ -109,12 +109,11 @@ class ComputeAPI:
         return rows
 
     def volume_bdms(self, server_ids: list[str]) -> dict[str, list[BdmRecord]]:
-        out: dict[str, list[BdmRecord]] = {i: [] for i in server_ids}
-        if server_ids:
-            with self.db.begin() as c:
-                for bdm in BDMS.all(c, _VOLUME_BDMS, {"server_ids": server_ids}):
-                    out[bdm.instance_uuid].append(bdm)
-        return out
+        if not server_ids:
+            return {}
+        with self.db.begin() as c:
+            rows = BDMS.all(c, _VOLUME_BDMS, {"server_ids": server_ids})
+        return grouped(server_ids, rows, lambda b: b.instance_uuid)
 
     # -- servers -------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -251,6 +251,15 @@ def _expectation(allowed: Any) -> tuple[Any, ...] | str:
     if isinstance(allowed, _COLLECTIONS):
         return tuple(sorted(allowed))
     return "null" if allowed is None else "="
+
+
+def grouped(keys: Iterable[str], rows: Iterable[R], key: Callable[[R], str]
+            ) -> dict[str, list[R]]:
+    """``rows`` by ``key``, every one of ``keys`` present (empty when no row)."""
+    out: dict[str, list[R]] = {k: [] for k in keys}
+    for row in rows:
+        out[key(row)].append(row)
+    return out
 
 
 def table_of(model: type[models.Base]) -> Table:

@@ -22,7 +22,14 @@ from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
 from tether.db.prepared import Prepared
-from tether.db.records import ATTACHMENTS, VOLUMES, AttachmentRecord, VolumeRecord, by
+from tether.db.records import (
+    ATTACHMENTS,
+    VOLUMES,
+    AttachmentRecord,
+    VolumeRecord,
+    by,
+    grouped,
+)
 from tether.exceptions import (
     AttachmentNotFound,
     Conflict,
@@ -101,12 +108,11 @@ class VolumeAPI:
             return vol, self.live_attachments_of(c, volume_id)
 
     def live_attachments(self, volume_ids: list[str]) -> dict[str, list[AttachmentRecord]]:
-        out: dict[str, list[AttachmentRecord]] = {v: [] for v in volume_ids}
-        if volume_ids:
-            with self.db.begin() as c:
-                for row in ATTACHMENTS.all(c, _LIVE_OF_VOLUMES, {"volume_ids": volume_ids}):
-                    out[row.volume_id].append(row)
-        return out
+        if not volume_ids:
+            return {}
+        with self.db.begin() as c:
+            rows = ATTACHMENTS.all(c, _LIVE_OF_VOLUMES, {"volume_ids": volume_ids})
+        return grouped(volume_ids, rows, lambda a: a.volume_id)
 
     @staticmethod
     def live_attachments_of(c: Connection, volume_id: str) -> list[AttachmentRecord]:

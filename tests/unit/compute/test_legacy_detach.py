@@ -5,12 +5,11 @@ connection_info when the server was evacuated from the host that connected."""
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 import pytest
 
-from tests.harness import Tether
+from tests.harness import Tether, add_old_flow_bdm
 from tether.context import RequestContext
 from tether.db import models
 
@@ -31,12 +30,8 @@ def _legacy_attached(t: Tether, stash: dict[str, Any] | None) -> tuple[str, str]
                                            "host_name": "old-host"}}).status_code == 202
     if stash is not None:
         info["connector"] = stash
+    add_old_flow_bdm(t.db, sid, vid, info)
     with t.db.session() as s:
-        s.add(models.BlockDeviceMapping(
-            uuid=str(uuid.uuid4()), instance_uuid=sid, volume_id=vid, attachment_id=None,
-            device_name="/dev/sdb", disk_bus="scsi", source_type="volume",
-            destination_type="volume", connection_info=info, delete_on_termination=False,
-            created_at=models.utcnow(), deleted=False))
         inst = s.get(models.Instance, sid)
         assert inst is not None
         inst.host = "old-host"  # evacuated: this host runs what old-host connected
