@@ -215,10 +215,71 @@ def _server_command(nova: Any, cinder: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(conf: Any, args: argparse.Namespace) -> int:
+    if args.action in ("list", "show"):
+        from tether.client import ImageClient
+
+        with ImageClient.from_conf(conf, args.token) as glance:
+            if args.action == "show":
+                _print(glance.get_image(glance.find_image(args.image)), args.json)
+                return 0
+            rows = glance.list_images()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+                return 0
+            print(f"{'ID':36}  {'NAME':40}  {'FORMAT':6}  {'STATUS':8}  SIZE")
+            for i in rows:
+                print(f"{i['id']:36}  {(i['name'] or '')[:40]:40}  {i['disk_format'] or '':6}  "
+                      f"{i['status']:8}  {i['size'] if i['size'] is not None else '-'}")
+        return 0
+    return _image_local(conf, args)
+
+
+def _image_local(conf: Any, args: argparse.Namespace) -> int:
+    """``import`` and ``build-tiny``: the operator registers images on this host
+    (the database and the images directory), as the image API is read-only."""
+    import time
+
+    from tether.db.api import Database
+    from tether.executor import ProcessRunner
+    from tether.image import tiny
+    from tether.image.registry import ImageRegistry
+    from tether.service import open_database
+
+    db: Database = open_database(conf, upgrade=True)
+    registry = ImageRegistry(db, config.images_dir(conf))
+    try:
+        if args.action == "import":
+            props = dict(args.property)
+            image = registry.import_file(args.file, args.name or os.path.basename(args.file),
+                                         ProcessRunner(), props)
+            _print({"id": image.id, "name": image.name, "disk_format": image.disk_format,
+                    "size": image.size}, args.json)
+            return 0
+        started = time.perf_counter()
+        built = tiny.TinyBuilder(config.image_cache_dir(conf), ProcessRunner()).build()
+        image, new = tiny.register(registry, built)
+        took = time.perf_counter() - started
+        _print({"id": image.id, "name": image.name, "kernel_id": image.properties["kernel_id"],
+                "ramdisk_id": image.properties["ramdisk_id"], "built_from": ", ".join(
+                    built.packages), "registered": "now" if new else "already",
+                "seconds": round(took, 1)}, args.json)
+        return 0
+    finally:
+        db.dispose()
+
+
 def cmd_demo(conf: Any, args: argparse.Namespace) -> int:
     from tether.demo import run
 
     return run(conf, args)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table of commands
@@ -283,6 +344,23 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     for q in ss.choices.values():
         q.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_server)
+
+    sp = sub.add_parser("image", help="images (list/show through the Image API; import and "
+                                      "build-tiny register on this host)")
+    im = sp.add_subparsers(dest="action", required=True)
+    im.add_parser("list")
+    im.add_parser("show").add_argument("image", help="id or name")
+    c = im.add_parser("import", help="copy a local raw or qcow2 file in and register it")
+    c.add_argument("file")
+    c.add_argument("--name")
+    c.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
+                   type=_key_value,
+                   help="an image property, e.g. hw_disk_bus=virtio (repeatable)")
+    im.add_parser("build-tiny", help="build the tiny Linux image from Debian packages and "
+                                     "register it (idempotent)")
+    for q in im.choices.values():
+        q.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_image)
 
     sp = sub.add_parser("demo", help="the embedded mode end to end")
     sp.add_argument("--keep", action="store_true", help="leave what the demo created")

@@ -160,9 +160,12 @@ class ComputeClient(_Closing):
             raise _error(resp)
         return resp.json() if resp.content else None
 
-    def create_server(self, name: str, flavor: str = "1") -> dict[str, Any]:
-        srv: dict[str, Any] = self._call("POST", "/servers", {"server": {
-            "name": name, "flavorRef": flavor, "networks": "none"}})["server"]
+    def create_server(self, name: str, flavor: str = "1",
+                      image: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "flavorRef": flavor, "networks": "none"}
+        if image:
+            body["imageRef"] = image
+        srv: dict[str, Any] = self._call("POST", "/servers", {"server": body})["server"]
         return srv
 
     def get_server(self, server_id: str) -> dict[str, Any]:
@@ -232,3 +235,32 @@ class ComputeClient(_Closing):
                 raise ApiClientError(408, f"action {request_id} unfinished after {timeout}s")
             time.sleep(0.05)
 
+
+
+class ImageClient(_Closing):
+    """The Image API (Glance v2) side of the CLI and demo."""
+
+    def __init__(self, image_url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = image_url.rstrip("/")
+        self.http = httpx.Client(timeout=timeout, headers={"X-Auth-Token": token})
+
+    @classmethod
+    def from_conf(cls, conf: Any, token: str) -> ImageClient:
+        return cls(config.image_endpoint(conf), token)
+
+    def _call(self, path: str) -> Any:
+        resp = self.http.get(self.url + path)
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp.json()
+
+    def list_images(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call("/v2/images")["images"]
+        return rows
+
+    def get_image(self, image_id: str) -> dict[str, Any]:
+        image: dict[str, Any] = self._call(f"/v2/images/{image_id}")
+        return image
+
+    def find_image(self, name_or_id: str) -> str:
+        return _find(self.list_images(), name_or_id, "image")

@@ -38,6 +38,7 @@ api_opts = [
     cfg.StrOpt("bind_host", default="127.0.0.1", help="Address the APIs listen on."),
     cfg.PortOpt("compute_port", default=8774, help="Compute API (Nova v2.1) port."),
     cfg.PortOpt("volume_port", default=8776, help="Block Storage API (Cinder v3) port."),
+    cfg.PortOpt("image_port", default=9292, help="Image API (Glance v2, read-only) port."),
     cfg.StrOpt("auth_strategy", default="noauth", choices=["noauth"],
                help="How tokens are checked. noauth: X-Auth-Token is 'user:project'."),
     cfg.StrOpt("admin_user", default="admin", help="noauth user that is an administrator."),
@@ -114,6 +115,13 @@ compute_opts = [
 ]
 
 
+image_opts = [
+    cfg.StrOpt("cache_dir",
+               help="Downloaded packages and built files of `tether image build-tiny`; "
+                    "default <state_dir>/cache.  QEMU's own user must be able to read it."),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     from tether.messaging.transport import register_messaging_opts
 
@@ -126,6 +134,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(api_opts, group="api")
     conf.register_opts(volume_opts, group="volume")
     conf.register_opts(compute_opts, group="compute")
+    conf.register_opts(image_opts, group="image")
 
 
 def load(
@@ -183,6 +192,19 @@ def instances_dir(conf: cfg.ConfigOpts) -> str:
     return path or os.path.join(conf.state_dir, "instances")
 
 
+def image_cache_dir(conf: cfg.ConfigOpts) -> str:
+    path: str | None = conf.image.cache_dir
+    return path or os.path.join(conf.state_dir, "cache")
+
+
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - a wildcard bind
+
+
+def image_endpoint(conf: cfg.ConfigOpts) -> str:
+    return f"http://{_local(conf.api.bind_host)}:{conf.api.image_port}"
+
+
 def volume_endpoint(conf: cfg.ConfigOpts) -> str:
     url: str | None = conf.api.volume_endpoint
     if url:
@@ -201,4 +223,5 @@ def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
         ("api", api_opts),
         ("volume", volume_opts),
         ("compute", compute_opts),
+        ("image", image_opts),
     ]

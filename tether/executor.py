@@ -56,6 +56,7 @@ class Runner(Protocol):
         check: bool = True,
         secrets: Sequence[str] = (),
         timeout: float | None = 60.0,
+        cwd: str | None = None,
     ) -> CommandResult: ...
 
 
@@ -69,11 +70,12 @@ class ProcessRunner:
         check: bool = True,
         secrets: Sequence[str] = (),
         timeout: float | None = 60.0,
+        cwd: str | None = None,
     ) -> CommandResult:
         shown = tuple(redact(argv, secrets))
         LOG.debug("running %s", " ".join(shown))
         proc = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
         )
         stdout = _mask(proc.stdout, secrets)
         stderr = _mask(proc.stderr, secrets)

@@ -78,6 +78,9 @@ RULES: dict[str, Check] = {
     "server:instance_actions": _owner_or_admin,
     "server:instance_actions:events:traceback": _admin,
     "flavor:list": _any_user,
+    # images (a private image: its project and admins; public ones: everyone)
+    "image:get": _owner_or_admin,
+    "image:get_all": _any_user,
 }
 
 

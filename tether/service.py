@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, func, select, update
 from waitress.server import create_server
 
 from tether import config
-from tether.api import block_storage, compute
+from tether.api import block_storage, compute, image
 from tether.api.auth import NoAuth
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
@@ -41,6 +41,7 @@ from tether.db.prepared import Prepared
 from tether.db.records import SERVICES, ServiceRecord, by
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
+from tether.image.registry import ImageRegistry
 from tether.notifications import Notifier
 from tether.rpc import COMPUTE_TOPIC, VOLUME_TOPIC, Rpc
 from tether.virt.driver import VirtDriver
@@ -299,7 +300,7 @@ class ComputeService:
         policy = DetachPolicy(conf.compute.device_detach_timeout,
                               conf.compute.device_detach_attempts)
         images = LocalImages(config.images_dir(conf), config.instances_dir(conf),
-                             ProcessRunner())
+                             ProcessRunner(), ImageRegistry(db, config.images_dir(conf)))
         self.notifier = Notifier(conf, f"compute.{conf.host}")
         self.manager = ComputeManager(db, self.virt, self.connector, self.volumes, conf.host,
                                       policy, images, self.notifier.emit,
@@ -342,11 +343,13 @@ class ApiService:
             WsgiTransport(self.volume_app, endpoint) if volume_in_process
             else HttpTransport(endpoint, timeout=60.0))
         self.volume_client = VolumeClient(self.volume_transport, service_token(conf))
+        self.images = ImageRegistry(db, config.images_dir(conf))
         self.compute_api = ComputeAPI(
             db, ComputeRpcApi(rpc), self.volume_client,
             lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],
-            default_bus=conf.compute.disk_bus)
+            default_bus=conf.compute.disk_bus, images=self.images)
         self.compute_app = compute.create_app(self.compute_api, auth)
+        self.image_app = image.create_app(self.images, auth)
         self.servers: list[HttpServer] = []
 
     def start(self) -> None:
@@ -355,6 +358,8 @@ class ApiService:
                                        api.volume_port, api.threads))
         self.servers.append(serve_http("compute", self.compute_app, api.bind_host,
                                        api.compute_port, api.threads))
+        self.servers.append(serve_http("image", self.image_app, api.bind_host,
+                                       api.image_port, api.threads))
 
     def stop(self) -> None:
         for srv in self.servers:

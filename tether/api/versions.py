@@ -115,3 +115,6 @@ VOLUME = ApiVersions("volume", "v3.0", "/v3", Version(3, 0), Version(3, 71),
                      "2023-08-31T00:00:00Z")
 COMPUTE = ApiVersions("compute", "v2.1", "/v2.1", Version(2, 1), Version(2, 96),
                       "2013-07-23T11:33:21Z", legacy_header="X-OpenStack-Nova-API-Version")
+# Glance has no microversions: one version
+IMAGE = ApiVersions("image", "v2.0", "/v2", Version(2, 0), Version(2, 0),
+                    "2013-06-01T00:00:00Z")

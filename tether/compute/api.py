@@ -39,6 +39,7 @@ from tether.exceptions import (
     VolumeNotAttached,
     VolumeNotFound,
 )
+from tether.image.registry import ImageRegistry, is_image_id
 from tether.operations import Operations
 from tether.states import server as srv_states
 from tether.states.machine import InvalidTransition
@@ -70,8 +71,10 @@ class ActionView:
 
 class ComputeAPI:
     def __init__(self, db: Database, rpcapi: ComputeRpcApi, volumes: VolumeClient,
-                 live_hosts: LiveHosts, default_bus: str = "scsi") -> None:
+                 live_hosts: LiveHosts, default_bus: str = "scsi",
+                 images: ImageRegistry | None = None) -> None:
         self.db = db
+        self.images = images
         self.rpcapi = rpcapi
         self.volumes = volumes
         self.live_hosts = live_hosts  # compute hosts with a fresh heartbeat
@@ -126,6 +129,8 @@ class ComputeAPI:
         flavor = flavors.find(flavor_ref)
         if flavor is None:
             raise FlavorNotFound(flavor_ref)
+        if image_ref is not None and is_image_id(image_ref) and self.images is not None:
+            image_ref = self.images.bootable(ctx, image_ref).id  # 400 unless it can boot
         host = self._pick_host()
         if root_volume is not None:
             self._volume(ctx, root_volume.volume_id)  # 404 for unknown / others' volumes
@@ -314,7 +319,8 @@ class ComputeAPI:
         if vol.multiattach and not allow_multiattach:
             raise InvalidInput("Multiattach volumes are only supported starting with compute "
                                "API version 2.60.")
-        bus, name = self._device(device, [b.device_name for b in bdms])
+        bus, name = self._device(device, [b.device_name for b in bdms],
+                                 self._image_bus(inst.image_ref))
         attachment = self.volumes.attachment_create(volume_id, server_id)  # reserves
         bdm: BdmRecord | None = None
         try:
@@ -338,10 +344,18 @@ class ComputeAPI:
             raise
         return bdm
 
-    def _device(self, requested: str | None, used: list[str | None]) -> tuple[str, str]:
+    def _image_bus(self, image_ref: str | None) -> str | None:
+        """The server's image's ``hw_disk_bus`` property, if it has one."""
+        if image_ref is None or self.images is None or not is_image_id(image_ref):
+            return None
+        return self.images.boot_source(image_ref).disk_bus
+
+    def _device(self, requested: str | None, used: list[str | None],
+                image_bus: str | None = None) -> tuple[str, str]:
         """Bus and device name: the requested prefix picks the bus (sd: virtio-scsi,
-        vd: virtio-blk); the name is the first free one on that bus."""
-        bus = self.default_bus
+        vd: virtio-blk); without one the image's hw_disk_bus, else [compute]
+        disk_bus; the name is the first free one on that bus."""
+        bus = image_bus or self.default_bus
         if requested:
             m = _DEVICE_RE.match(requested)
             if m is None:

@@ -1,9 +1,13 @@
-"""Local images a server boots from.
+"""Images a server boots from, on its compute host.
 
-``imageRef`` names a file in the images directory (raw or qcow2); the server
-boots from its own copy-on-write overlay in ``<state_dir>/instances/<uuid>``,
-so the image is never written.  Names are plain file names: a path could
-make any host file (say /etc/shadow) a tenant's disk.
+``imageRef`` is an image id of the registry (:mod:`tether.image.registry`)
+or names a file in the images directory (raw or qcow2).  A root disk boots
+from the server's own copy-on-write overlay in ``<instances_dir>/<uuid>``,
+so the image is never written; a registry image naming a kernel boots it
+directly.  File names are plain names: a path could make any host file (say
+/etc/shadow) a tenant's disk.  Every image-booted guest gets a serial
+console log and a second serial port on ``agent.sock`` (the tiny image's
+guest agent talks there; other guests leave it alone).
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import replace
 
 from tether.exceptions import BackendError
 from tether.executor import CommandError, Runner
+from tether.image.registry import ImageRegistry, is_image_id
+from tether.virt.driver import ServerSpec
 
 LOG = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
@@ -27,10 +34,12 @@ def valid_image_ref(ref: str) -> bool:
 
 
 class LocalImages:
-    def __init__(self, images_dir: str, instances_dir: str, runner: Runner) -> None:
+    def __init__(self, images_dir: str, instances_dir: str, runner: Runner,
+                 registry: ImageRegistry | None = None) -> None:
         self.images_dir = images_dir
         self.instances_dir = instances_dir
         self.runner = runner
+        self.registry = registry
 
     def instance_dir(self, server_uuid: str) -> str:
         return os.path.join(self.instances_dir, server_uuid)
@@ -40,12 +49,31 @@ class LocalImages:
         os.makedirs(self.instance_dir(server_uuid), mode=0o711, exist_ok=True)
         return os.path.join(self.instance_dir(server_uuid), "console.log")
 
+    def agent_socket(self, server_uuid: str) -> str:
+        return os.path.join(self.instance_dir(server_uuid), "agent.sock")
+
+    def boot_spec(self, spec: ServerSpec, image_ref: str) -> ServerSpec:
+        """``spec`` booting the image: root disk overlay, kernel, console, agent port."""
+        spec = replace(spec, console_log=self.console_log(spec.uuid),
+                       agent_socket=self.agent_socket(spec.uuid))
+        if not is_image_id(image_ref) or self.registry is None:
+            return replace(spec, root_disk=self.prepare_root_disk(spec.uuid, image_ref))
+        source = self.registry.boot_source(image_ref)
+        for path in (source.disk, source.kernel, source.ramdisk):
+            if path is not None and not os.path.isfile(path):
+                raise BackendError(f"Image {image_ref}: {path} is missing on this host.")
+        root = self._overlay(spec.uuid, source.disk, image_ref) if source.disk else None
+        return replace(spec, root_disk=root, kernel=source.kernel, initrd=source.ramdisk,
+                       cmdline=source.cmdline)
+
     def prepare_root_disk(self, server_uuid: str, image_ref: str) -> str:
-        """A qcow2 overlay on the image, for this server alone; its path."""
+        """A qcow2 overlay on the image file ``image_ref``, for this server alone."""
         if not valid_image_ref(image_ref):
             raise BackendError(f"Image {image_ref!r} is not a file name in the images "
                                "directory.")
-        image = os.path.join(self.images_dir, image_ref)
+        return self._overlay(server_uuid, os.path.join(self.images_dir, image_ref), image_ref)
+
+    def _overlay(self, server_uuid: str, image: str, image_ref: str) -> str:
         if not os.path.isfile(image):
             raise BackendError(f"Image {image_ref} not found in {self.images_dir}.")
         try:

@@ -92,9 +92,7 @@ class ComputeManager:
             try:
                 if image_ref:
                     with self.ops.step(action, "prepare_root_disk"):
-                        spec = dataclasses.replace(
-                            spec, root_disk=self.images.prepare_root_disk(inst.uuid, image_ref),
-                            console_log=self.images.console_log(inst.uuid))
+                        spec = self.images.boot_spec(spec, image_ref)
                 if root is not None:
                     spec = self._connect_root_volume(action, spec, root)
                 with self.ops.step(action, "spawn"):

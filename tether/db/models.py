@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -169,3 +169,25 @@ class InstanceActionEvent(Base):
     details: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_action_events_action", "action_id"),)
+
+
+class Image(TimestampMixin, Base):
+    """An image servers boot from (Glance v2's shape). ``file`` names its
+    data in the compute hosts' images directory; a machine image without a
+    file of its own boots its ``kernel_id`` / ``ramdisk_id`` images directly."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    owner: Mapped[str | None] = mapped_column(String(255))
+    visibility: Mapped[str] = mapped_column(String(16), default="public")
+    status: Mapped[str] = mapped_column(String(32))
+    disk_format: Mapped[str | None] = mapped_column(String(16))
+    container_format: Mapped[str | None] = mapped_column(String(16))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(64))  # sha256 of the data
+    file: Mapped[str | None] = mapped_column(String(255))
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_images_name_deleted", "name", "deleted"),)

@@ -96,6 +96,8 @@ class ServerSpec:
     initrd: str | None = None
     cmdline: str | None = None
     console_log: str | None = None
+    # a second serial port as a unix socket QEMU listens on (a guest agent's line)
+    agent_socket: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

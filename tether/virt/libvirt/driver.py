@@ -64,6 +64,22 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+def kvm_runs_os(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether KVM here can boot an operating system: only with hardware
+    virtualisation (vmx / svm).  Without it /dev/kvm is a software-nested
+    hypervisor (kvm_pvm) that runs guests without an OS but hangs in a
+    Linux kernel's decompressor."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[-1].split()
+                    return "vmx" in flags or "svm" in flags
+    except OSError:
+        return False
+    return False
+
+
 class LibvirtDriver:
     def __init__(self, uri: str = "qemu:///system", virt_type: str = "auto",
                  domain_prefix: str = "tether-",
@@ -75,6 +91,7 @@ class LibvirtDriver:
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         self.events = DeviceEvents()
+        self._kvm_runs_os = kvm_runs_os
 
     # -- connection --------------------------------------------------------------
 
@@ -104,12 +121,17 @@ class LibvirtDriver:
             raise VirtError(f"libvirt lookup of {server_uuid} failed: {exc}") from exc
 
     def domain_type(self, spec: ServerSpec) -> str:
-        """KVM where it can run the guest; on these hosts /dev/kvm runs guests
-        without an OS but cannot boot an operating system, so a guest that
-        boots one (a kernel or a disk image) gets plain QEMU emulation."""
+        """``[compute] virt_type`` when set; for ``auto``, KVM where it can run
+        the guest: a guest without an OS wherever /dev/kvm is usable, one that
+        boots an OS (a kernel, a disk image, a volume) only where the CPU has
+        hardware virtualisation; plain QEMU emulation (TCG) otherwise."""
         if self.virt_type != "auto":
             return self.virt_type
-        return "kvm" if kvm_usable() and not spec.boots_os else "qemu"
+        if not kvm_usable():
+            return "qemu"
+        if spec.boots_os and not self._kvm_runs_os():
+            return "qemu"
+        return "kvm"
 
     # -- servers -----------------------------------------------------------------
 

@@ -19,8 +19,9 @@ SECRET_USAGE_PREFIX = "tether-volume-"  # noqa: S105 - a usage id, not a secret
 
 def domain_xml(spec: ServerSpec, virt_type: str) -> str:
     """A guest with ACPI (PCI hot-unplug needs it), a virtio-scsi controller for
-    volumes, a serial console to a file when asked, and no disk of its own
-    unless it boots a kernel directly."""
+    volumes, a serial console to a file and a second serial port on a unix
+    socket (a guest agent) when asked, and no disk of its own unless it boots
+    an image or a volume."""
     boot = ""
     root = ""
     if spec.root_volume:
@@ -40,6 +41,9 @@ def domain_xml(spec: ServerSpec, virt_type: str) -> str:
     if spec.console_log:
         console = (f"<serial type='file'><source path={quoteattr(spec.console_log)}/>"
                    "<target port='0'/></serial>")
+    if spec.agent_socket:
+        console += (f"<serial type='unix'><source mode='bind' "
+                    f"path={quoteattr(spec.agent_socket)}/><target port='1'/></serial>")
     return f"""<domain type={quoteattr(virt_type)}>
   <name>{escape(spec.name)}</name>
   <uuid>{escape(spec.uuid)}</uuid>

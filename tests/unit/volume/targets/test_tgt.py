@@ -64,7 +64,7 @@ class Runner:
         self.secrets_seen: list[Sequence[str]] = []
 
     def run(self, argv: Sequence[str], *, check: bool = True, secrets: Sequence[str] = (),
-            timeout: float | None = 60.0) -> CommandResult:
+            timeout: float | None = 60.0, cwd: str | None = None) -> CommandResult:
         args = list(argv)
         assert args[:5] == ["tgtadm", "-C", "7", "--lld", "iscsi"]
         op = args[5:]

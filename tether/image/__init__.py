@@ -1,0 +1,1 @@
+"""Images: the registry, the tiny Linux image builder and its guest agent."""
