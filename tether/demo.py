@@ -1,16 +1,22 @@
-"""``tether demo``: the embedded mode end to end, narrated.
+"""``tether demo``: the embedded mode end to end, narrated, with real Linux guests.
 
 Starts what it needs (tgtd, virtlogd + libvirtd, and ``tether serve`` in this
-process unless one already answers), then over the REST APIs: creates a
-server and a volume, attaches the volume, shows the disk in the guest's
-domain XML and QEMU's iSCSI session on the target (and that no other
-initiator gets in), detaches it, shows all of it gone, and prints the
-detach's step waterfall.
+process unless one already answers), builds and registers the tiny Linux
+image (cached after the first time), then over the REST APIs: boots two
+servers A and B from it, creates a volume and attaches it to A; shows the
+disk in A's domain XML and QEMU's iSCSI session on the target (and that no
+other initiator gets in); guest A writes 64 MiB of random data at the start
+of the volume; detaches it (showing disk, session, target and secret gone,
+the guest seeing its disk go, and the detach's step waterfall); attaches it
+to B, which reads the data back.  The last line is the data check:
+``data check: wrote <sha256> read <sha256> OK`` (``MISMATCH``, and a
+non-zero exit, when the two differ).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import time
 import uuid
@@ -21,11 +27,17 @@ import httpx
 
 from tether import config, daemons
 from tether.client import ApiClient, ComputeClient
+from tether.executor import ProcessRunner
+from tether.image import tiny
+from tether.image.agent import AgentError, GuestAgent
+from tether.image.registry import ImageRegistry
 from tether.service import Embedded, service_token
 from tether.volume.targets.base import target_iqn
 from tether.waterfall import render
 
 OTHER_INITIATOR = "iqn.2010-10.org.tether:demo-intruder"
+DATA_MIB = 64
+FLAVOR = "t1.small"  # the guest holds the 64 MiB it writes in memory first
 
 
 def _say(step: str, *details: str) -> None:
@@ -96,74 +108,144 @@ def run(conf: Any, args: argparse.Namespace) -> int:
         embedded.start()
     token = service_token(conf)
     try:
+        image_id = _tiny_image(conf, embedded)
         with ApiClient(config.volume_endpoint(conf), token) as cinder, \
                 ComputeClient.from_conf(conf, token) as nova:
-            return _walk(conf, cinder, nova, args)
+            return _walk(conf, cinder, nova, image_id, args)
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _walk(conf: Any, cinder: ApiClient, nova: ComputeClient, args: argparse.Namespace) -> int:
+def _tiny_image(conf: Any, embedded: Embedded | None) -> str:
+    """Build (or find in the cache) and register the tiny Linux image."""
+    from tether.service import open_database
+
+    started = time.perf_counter()
+    built = tiny.TinyBuilder(config.image_cache_dir(conf), ProcessRunner()).build()
+    db = embedded.db if embedded is not None else open_database(conf, upgrade=False)
+    try:
+        image, new = tiny.register(ImageRegistry(db, config.images_dir(conf)), built)
+    finally:
+        if embedded is None:
+            db.dispose()
+    _say(f"tiny image {image.name} {image.id}: {'registered' if new else 'already there'} "
+         f"({time.perf_counter() - started:.1f} s)", f"built from {', '.join(built.packages)}")
+    return image.id
+
+
+def _agent(conf: Any, server_id: str) -> GuestAgent:
+    return GuestAgent(os.path.join(config.instances_dir(conf), server_id, "agent.sock"))
+
+
+def _attach(nova: ComputeClient, cinder: ApiClient, sid: str, vid: str) -> dict[str, Any]:
+    att = nova.attach(sid, vid)
+    vol = cinder.wait_volume(vid, {"in-use", "available", "error"}, timeout=120)
+    return {"device": att["device"], "status": vol["status"]}
+
+
+def _walk(conf: Any, cinder: ApiClient, nova: ComputeClient, image_id: str,
+          args: argparse.Namespace) -> int:
     tag = uuid.uuid4().hex[:6]
     t0 = time.perf_counter()
-    srv = nova.wait_server(nova.create_server(f"demo-{tag}")["id"], {"ACTIVE", "ERROR"})
-    vol = cinder.wait_volume(cinder.create_volume(1, f"demo-{tag}")["id"],
-                             {"available", "error"})
-    _say(f"server {srv['name']} {srv['id']}: {srv['status']}",
-         f"volume {vol['name']} {vol['id']}: {vol['status']} "
-         f"({(time.perf_counter() - t0) * 1000:.0f} ms for both)")
-    sid, vid = srv["id"], vol["id"]
-    ok = True
+    sids = [nova.create_server(f"demo-{tag}-{x}", FLAVOR, image_id)["id"] for x in "ab"]
+    vid = cinder.create_volume(1, f"demo-{tag}")["id"]
+    agents = [_agent(conf, sid) for sid in sids]
+    ok, wrote, read = True, "-", "-"
     try:
-        t1 = time.perf_counter()
-        att = nova.attach(sid, vid)
-        vol = cinder.wait_volume(vid, {"in-use", "available", "error"}, timeout=120)
-        _say(f"attach: volume {vol['status']} as {att['device']} "
-             f"({(time.perf_counter() - t1) * 1000:.0f} ms)")
-        ok &= vol["status"] == "in-use"
-        live, persistent = guest_disks(sid), guest_disks(sid, inactive=True)
-        _say("guest disks (live domain XML):", *(live or ["(none)"]))
-        _say("guest disks (persistent definition):", *(persistent or ["(none)"]))
-        sessions = target_sessions(conf, vid)
-        _say(f"iSCSI sessions on {target_iqn(vid)}:", *(sessions or ["(none)"]))
-        ok &= bool(live) and bool(persistent) and bool(sessions)
-        atts = [a for a in cinder._volume("GET", f"/attachments?volume_id={vid}")[
-            "attachments"]]
-        info = cinder._volume("GET", f"/attachments/{atts[0]['id']}")["attachment"][
-            "connection_info"]
-        intruder = _inq(OTHER_INITIATOR, info)
-        _say(f"another initiator with the right CHAP secret: "
-             f"{'ADMITTED (wrong!)' if intruder else 'refused'}")
-        ok &= not intruder
-
-        request_id = nova.detach(sid, vid)
-        act = nova.wait_action(sid, request_id)
-        vol = cinder.get_volume(vid)
-        _say(f"detach: {act.get('message') or 'Success'}: volume {vol['status']}")
-        ok &= vol["status"] == "available" and not act.get("message")
-        gone = {
-            "disk in live XML": guest_disks(sid),
-            "disk in persistent XML": guest_disks(sid, inactive=True),
-            "iSCSI session": target_sessions(conf, vid),
-            "target": [t for t in [_run(["tgtadm", "-C", str(conf.volume.tgt_control_port),
-                                         "--lld", "iscsi", "--op", "show", "--mode",
-                                         "target"])] if target_iqn(vid) in t],
-            "libvirt secret": [s for s in _run(["virsh", "-c", "qemu:///system",
-                                                "secret-list"]).splitlines() if vid in s],
-        }
-        for what, left in gone.items():
-            print(f"    {what:24} {'gone' if not left else 'STILL THERE'}")
-            ok &= not left
-        print()
-        print("\n".join(render(act)))
+        for sid, agent in zip(sids, agents, strict=True):
+            srv = nova.wait_server(sid, {"ACTIVE", "ERROR"}, timeout=120)
+            ok &= srv["status"] == "ACTIVE"
+            agent.wait_ready(timeout=120)
+            _say(f"server {srv['name']} {sid}: {srv['status']}, Linux up "
+                 f"({time.perf_counter() - t0:.1f} s after create)")
+        vol = cinder.wait_volume(vid, {"available", "error"})
+        _say(f"volume {vol['name']} {vid}: {vol['status']}")
+        a, b = sids
+        wrote, read, good = _data_walk(conf, cinder, nova, a, b, vid, agents)
+        ok &= good
     finally:
+        for agent in agents:
+            agent.close()
         if not args.keep:
-            nova.delete_server(sid)
-            nova.wait_server_gone(sid)
+            for sid in sids:
+                nova.delete_server(sid)
+            for sid in sids:
+                nova.wait_server_gone(sid)
             cinder.wait_volume(vid, {"available", "error", "in-use"})
             cinder.delete_volume(vid)
             cinder.wait_volume_gone(vid)
-            _say("server and volume deleted")
+            _say("servers and volume deleted")
+    same = wrote == read and wrote != "-"
     print(f"demo: {'OK' if ok else 'FAILED'}")
-    return 0 if ok else 1
+    print(f"data check: wrote {wrote} read {read} {'OK' if same else 'MISMATCH'}", flush=True)
+    return 0 if ok and same else 1
+
+
+def _data_walk(conf: Any, cinder: ApiClient, nova: ComputeClient, a: str, b: str, vid: str,
+               agents: list[GuestAgent]) -> tuple[str, str, bool]:
+    """Attach to A, write, detach (and check everything is gone), attach to B,
+    read; (sha256 written, sha256 read, every check passed)."""
+    agent_a, agent_b = agents
+    t1 = time.perf_counter()
+    att = _attach(nova, cinder, a, vid)
+    disk = agent_a.wait_disk(vid)
+    _say(f"attach to A: volume {att['status']} as {att['device']}, the guest sees /dev/{disk} "
+         f"({(time.perf_counter() - t1) * 1000:.0f} ms)")
+    ok = att["status"] == "in-use"
+    live, persistent = guest_disks(a), guest_disks(a, inactive=True)
+    _say("guest A's disks (live domain XML):", *(live or ["(none)"]))
+    _say("guest A's disks (persistent definition):", *(persistent or ["(none)"]))
+    sessions = target_sessions(conf, vid)
+    _say(f"iSCSI sessions on {target_iqn(vid)}:", *(sessions or ["(none)"]))
+    ok &= bool(live) and bool(persistent) and bool(sessions)
+    atts = cinder._volume("GET", f"/attachments?volume_id={vid}")["attachments"]
+    info = cinder._volume("GET", f"/attachments/{atts[0]['id']}")["attachment"][
+        "connection_info"]
+    intruder = _inq(OTHER_INITIATOR, info)
+    _say(f"another initiator with the right CHAP secret: "
+         f"{'ADMITTED (wrong!)' if intruder else 'refused'}")
+    ok &= not intruder
+
+    t2 = time.perf_counter()
+    wrote = agent_a.write_random(vid, DATA_MIB)
+    _say(f"guest A wrote {DATA_MIB} MiB of random data to /dev/{disk} (O_DIRECT) in "
+         f"{time.perf_counter() - t2:.1f} s", f"sha256 {wrote}")
+
+    request_id = nova.detach(a, vid)
+    act = nova.wait_action(a, request_id)
+    vol = cinder.get_volume(vid)
+    _say(f"detach from A: {act.get('message') or 'Success'}: volume {vol['status']}")
+    ok &= vol["status"] == "available" and not act.get("message")
+    try:
+        agent_a.wait_disk_gone(vid)
+        in_guest: list[str] = []
+    except AgentError:
+        in_guest = [vid]
+    gone = {
+        "disk in guest A": in_guest,
+        "disk in live XML": guest_disks(a),
+        "disk in persistent XML": guest_disks(a, inactive=True),
+        "iSCSI session": target_sessions(conf, vid),
+        "target": [t for t in [_run(["tgtadm", "-C", str(conf.volume.tgt_control_port),
+                                     "--lld", "iscsi", "--op", "show", "--mode",
+                                     "target"])] if target_iqn(vid) in t],
+        "libvirt secret": [s for s in _run(["virsh", "-c", "qemu:///system",
+                                            "secret-list"]).splitlines() if vid in s],
+    }
+    for what, left in gone.items():
+        print(f"    {what:24} {'gone' if not left else 'STILL THERE'}")
+        ok &= not left
+    print()
+    print("\n".join(render(act)))
+    print()
+
+    att = _attach(nova, cinder, b, vid)
+    disk = agent_b.wait_disk(vid)
+    _say(f"attach to B: volume {att['status']} as {att['device']}, the guest sees /dev/{disk}")
+    ok &= att["status"] == "in-use"
+    t3 = time.perf_counter()
+    read = agent_b.read_sha256(vid, DATA_MIB)
+    _say(f"guest B read the volume's first {DATA_MIB} MiB (O_DIRECT) in "
+         f"{time.perf_counter() - t3:.1f} s", f"sha256 {read}")
+    return wrote, read, ok

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from tests.integration.daemons import Tgtd
+from tether.executor import ProcessRunner
+from tether.image.tiny import TinyBuilder, TinyImage
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,3 +39,34 @@ def libvirtd() -> None:
     if shutil.which("libvirtd") is None:
         pytest.fail("libvirtd is needed: run tools/bootstrap.sh")
     daemons.ensure_libvirtd()
+
+
+@dataclass(frozen=True)
+class TinyImageFiles:
+    """The tiny Linux image built once per session, in a folder QEMU's own
+    user can read: ``images`` and ``instances`` for the Tethers of the tests."""
+
+    image: TinyImage
+    shared: str
+    build_seconds: float
+
+    def overrides(self) -> dict[str, dict[str, object]]:
+        return {"compute": {"images_dir": f"{self.shared}/images",
+                            "instances_dir": f"{self.shared}/instances"},
+                "image": {"cache_dir": f"{self.shared}/cache"}}
+
+
+@pytest.fixture(scope="session")
+def tiny_image(libvirtd: None) -> Iterator[TinyImageFiles]:
+    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is needed to build the tiny image (a Debian host)")
+    shared = f"/var/tmp/tether-it-{uuid.uuid4().hex[:8]}"
+    os.makedirs(f"{shared}/images", mode=0o755)
+    os.makedirs(f"{shared}/instances", mode=0o711)
+    started = time.perf_counter()
+    built = TinyBuilder(f"{shared}/cache", ProcessRunner()).build()
+    try:
+        yield TinyImageFiles(built, shared, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
