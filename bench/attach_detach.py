@@ -48,7 +48,7 @@ from tether.virt import driver as virt
 from tether.virt.libvirt.driver import LibvirtDriver
 from tether.volume.manager import new_chap
 
-COMPUTE_PORT, VOLUME_PORT = 18774, 18776
+COMPUTE_PORT, VOLUME_PORT, IMAGE_PORT = 18774, 18776, 19292
 POLL = 0.020
 
 
@@ -147,7 +147,8 @@ class Api:
 def start_serve(state: str) -> subprocess.Popen[bytes]:
     conf = os.path.join(state, "tether.conf")
     with open(conf, "w") as f:
-        f.write(f"[api]\ncompute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n")
+        f.write(f"[api]\ncompute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n"
+                f"image_port = {IMAGE_PORT}\n")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tether"),
                              "--config-file", conf, "--state-dir", state, "serve"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -148,12 +148,16 @@ class Tether:
         self.db = self.embedded.db
         self.volume_app = self.embedded.api.volume_app
         self.compute_app = self.embedded.api.compute_app
+        self.image_app = self.embedded.api.image_app
 
     def api(self, token: str = "alice:p1", version: str = "3.71") -> Api:
         return Api(self.volume_app, token, version)
 
     def nova(self, token: str = "alice:p1", version: str = "2.89") -> Api:
         return Api(self.compute_app, token, version, service="compute")
+
+    def glance(self, token: str = "alice:p1") -> Api:
+        return Api(self.image_app, token, "2.0", service="image")
 
     def create_volume(self, api: Api, size: int = 1, **extra: Any) -> dict[str, Any]:
         res = api.post("/v3/volumes", {"volume": {"size": size, **extra}})

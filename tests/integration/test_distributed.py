@@ -40,7 +40,7 @@ def cluster(tmp_path: Any, tgtd: Tgtd, libvirtd: None) -> Iterator[dict[str, Any
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     host = f"dist-{uuid.uuid4().hex[:6]}"
-    compute_port, volume_port = _port(), _port()
+    compute_port, volume_port, image_port = _port(), _port(), _port()
     conf = tmp_path / "tether.conf"
     conf.write_text(f"""[DEFAULT]
 host = {host}
@@ -51,6 +51,7 @@ connection = {PG}/{name}
 [api]
 compute_port = {compute_port}
 volume_port = {volume_port}
+image_port = {image_port}
 service_token = {TOKEN}
 [volume]
 target_port = {tgtd.portal_port}

@@ -34,7 +34,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     conf_file.write_text(
         f"[DEFAULT]\ntransport_url = tether-inproc://cli-{uuid.uuid4().hex}\n"
         f"[api]\ncompute_port = {_free_port()}\nvolume_port = {_free_port()}\n"
-        "service_token = cli-service-token\n")
+        f"image_port = {_free_port()}\nservice_token = cli-service-token\n")
     conf = config.load(str(conf_file), str(state))
     app = Embedded(conf, Drivers(FakeTarget(), FakeDriver(), FakeConnector()))
     app.start()
@@ -101,8 +101,24 @@ def test_serve_without_tgtd_says_what_to_start(capsys: pytest.CaptureFixture[str
                 if not os.path.exists(f"/var/run/tgtd/socket.{p}"))
     conf.write_text(f"[DEFAULT]\ntransport_url = tether-inproc://{uuid.uuid4().hex}\n"
                     f"[volume]\ntgt_control_port = {port}\n"
-                    f"[api]\ncompute_port = {_free_port()}\nvolume_port = {_free_port()}\n")
+                    f"[api]\ncompute_port = {_free_port()}\nvolume_port = {_free_port()}\n"
+                    f"image_port = {_free_port()}\n")
     rc = main(["--config-file", str(conf), "--state-dir", str(tmp_path), "serve"])
     err = capsys.readouterr().err
     assert rc == 1
     assert "is tgtd running?" in err
+
+
+def test_image_import_list_and_show(running: list[str], capsys: pytest.CaptureFixture[str],
+                                    tmp_path: Any) -> None:
+    disk = tmp_path / "cli-disk.raw"
+    disk.write_bytes(b"\0" * 65536)
+    rc, out = run(capsys, running, "image", "import", str(disk), "--name", "cli-img",
+                  "--property", "hw_disk_bus=virtio")
+    assert rc == 0 and re.search(r"disk_format\s+raw", out)
+    rc, out = run(capsys, running, "image", "list")
+    assert rc == 0 and re.search(r"cli-img\s+raw\s+active\s+65536", out)
+    rc, out = run(capsys, running, "image", "show", "cli-img")
+    assert rc == 0 and re.search(r"hw_disk_bus\s+virtio", out)
+    with pytest.raises(SystemExit):
+        main([*running, "image", "import", str(disk), "--property", "novalue"])
