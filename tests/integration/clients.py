@@ -37,7 +37,7 @@ def clouds_yaml(serve: Serve, tokens: dict[str, str]) -> str:
     identity_endpoint_override: http://127.0.0.1:{serve.compute_port}/identity/v3
     identity_api_version: "3"
     volume_api_version: "3"
-    has_image: false
+    image_endpoint_override: {serve.image_url}
     has_network: false
 """
     text = f"""clouds:

@@ -26,6 +26,7 @@ from tests.integration.daemons import Tgtd, free_port
 class Serve:
     compute_port: int
     volume_port: int
+    image_port: int
     default_project: str
     initiator: str
     proc: subprocess.Popen[bytes] | None = None
@@ -38,6 +39,10 @@ class Serve:
     @property
     def volume_url(self) -> str:
         return f"http://127.0.0.1:{self.volume_port}/v3"
+
+    @property
+    def image_url(self) -> str:
+        return f"http://127.0.0.1:{self.image_port}"
 
     def http(self, token: str) -> httpx.Client:
         return httpx.Client(timeout=30, headers={
@@ -102,7 +107,7 @@ def _answers(url: str) -> bool:
 @contextlib.contextmanager
 def tether_serve(state_dir: str, tgtd: Tgtd) -> Iterator[Serve]:
     tag = uuid.uuid4().hex[:8]
-    serve = Serve(compute_port=free_port(), volume_port=free_port(),
+    serve = Serve(compute_port=free_port(), volume_port=free_port(), image_port=free_port(),
                   default_project=f"clients-{tag}",
                   initiator=f"iqn.2010-10.org.tether:clients-{tag}")
     conf = os.path.join(state_dir, "tether.conf")
@@ -113,8 +118,7 @@ transport_url = tether-inproc://clients-{tag}
 [api]
 compute_port = {serve.compute_port}
 volume_port = {serve.volume_port}
-# not 9292: the Image API's default port (an option unknown to this version is ignored)
-image_port = {free_port()}
+image_port = {serve.image_port}
 default_project = {serve.default_project}
 [volume]
 target_port = {tgtd.portal_port}
