@@ -149,7 +149,10 @@ def test_hw_disk_bus_of_the_image_picks_the_bus_of_volumes(tether: Tether) -> No
                     {"volumeAttachment": {"volumeId": vid}})
     assert res.status_code == 200, res.text
     assert res.json["volumeAttachment"]["device"] == "/dev/vdb"
+    assert not tether.wait_action(nova, sid, "attach_volume")["message"]
     vid2 = tether.create_volume(cinder)["id"]
     res = nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
                     {"volumeAttachment": {"volumeId": vid2, "device": "/dev/sdb"}})
     assert res.json["volumeAttachment"]["device"] == "/dev/sdb"  # the request still wins
+    wait_for(lambda: cinder.get(f"/v3/volumes/{vid2}").json["volume"]["status"] == "in-use",
+             what="second volume attached")
