@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,29 +105,31 @@ def _detach(t: RealTether, nova: Api, sid: str, vid: str) -> dict[str, Any]:
     return action
 
 
+def _with_volume(t: RealTether, guest: Guest, vid: str, device: str | None, what: str,
+                 work: Callable[[], str]) -> str:
+    """Attach the volume to ``guest``, run ``work`` once the guest sees the
+    disk, detach it and wait until the guest saw the disk go."""
+    nova = t.nova()
+    _attach(t, nova, guest.sid, vid, device)
+    guest.agent.wait_disk(vid)
+    started = time.perf_counter()
+    result = work()
+    LOG.info("%s: %s %d MiB in %.1fs", device or "scsi", what, MIB,
+             time.perf_counter() - started)
+    _detach(t, nova, guest.sid, vid)
+    guest.agent.wait_disk_gone(vid)  # the guest saw its disk go
+    return result
+
+
 def _write_detach_read(linux: Linux, device: str | None) -> tuple[str, str]:
     t, a, b = linux.t, linux.a, linux.b
-    nova, cinder = t.nova(), t.api()
+    cinder = t.api()
     vid = t.create_volume(cinder)["id"]
-
-    _attach(t, nova, a.sid, vid, device)
-    a.agent.wait_disk(vid)
-    started = time.perf_counter()
-    wrote = a.agent.write_random(vid, MIB)
-    LOG.info("%s: guest A wrote %d MiB in %.1fs", device or "scsi", MIB,
-                time.perf_counter() - started)
-    _detach(t, nova, a.sid, vid)
-    a.agent.wait_disk_gone(vid)  # the guest saw its disk go
+    wrote = _with_volume(t, a, vid, device, "guest A wrote",
+                         lambda: a.agent.write_random(vid, MIB))
     assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "available"
-
-    _attach(t, nova, b.sid, vid, device)
-    b.agent.wait_disk(vid)
-    started = time.perf_counter()
-    read = b.agent.read_sha256(vid, MIB)
-    LOG.info("%s: guest B read %d MiB in %.1fs", device or "scsi", MIB,
-                time.perf_counter() - started)
-    _detach(t, nova, b.sid, vid)
-    b.agent.wait_disk_gone(vid)
+    read = _with_volume(t, b, vid, device, "guest B read",
+                        lambda: b.agent.read_sha256(vid, MIB))
     assert cinder.delete(f"/v3/volumes/{vid}").status_code == 202
     return wrote, read
 
