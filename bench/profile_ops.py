@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import re
 import tempfile
 import threading
 import time
@@ -24,6 +26,15 @@ from sqlalchemy import event
 
 from tether import config, daemons
 from tether.service import Embedded, service_token
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of every live thread of this process, by thread id."""
+    out = {}
+    for t in threading.enumerate():
+        with contextlib.suppress(OSError, TypeError):  # the thread ended meanwhile
+            out[t.ident] = (t.name, time.clock_gettime(time.pthread_getcpuclockid(t.ident)))
+    return out
 
 
 def wait_status(http: httpx.Client, url: str, status: str, timeout: float = 60) -> None:
@@ -39,12 +50,17 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--sql", action="store_true", help="print one cycle's statements")
+    ap.add_argument("--log", action="store_true",
+                    help="log to a file as `tether serve` does (INFO, one line per request)")
     args = ap.parse_args()
     daemons.ensure_libvirtd()
     daemons.ensure_tgtd(0)
     state = tempfile.mkdtemp(prefix="tether-profile-")
     conf = config.load(state_dir=state, overrides={"api": {"compute_port": 0,
                                                              "volume_port": 0}})
+    if args.log:
+        from tether.cli import setup_logging
+        setup_logging(conf, to_stderr=False)
     app = Embedded(conf)
     app.start()
     counts: collections.Counter[str] = collections.Counter()
@@ -96,8 +112,10 @@ def main() -> int:
         # minus what this (the client's) thread used
         counting.set()
         p0, t0 = time.process_time(), time.thread_time()
+        threads0 = thread_cpu()
         for _ in range(args.cycles):
             cycle()
+        threads1 = thread_cpu()
         service_cpu = (time.process_time() - p0) - (time.thread_time() - t0)
         counting.clear()
         yappi.set_clock_type("cpu")
@@ -116,6 +134,12 @@ def main() -> int:
     ops = 2 * args.cycles
     print(f"service CPU per operation: {service_cpu / ops * 1000:.2f} ms "
           "(including the status polls it answered)")
+    by_thread: collections.Counter[str] = collections.Counter()
+    for ident, (name, cpu) in threads1.items():
+        if ident != threading.main_thread().ident:
+            by_thread[re.sub(r"[-_]?\d+$", "", name)] += cpu - threads0.get(ident, (name, 0.0))[1]
+    print("  by thread (ms per operation): " + ", ".join(
+        f"{name} {cpu / ops * 1000:.2f}" for name, cpu in by_thread.most_common() if cpu > 0))
     print(f"SQL per operation: {counts['statements'] / ops:.1f} statements, "
           f"{counts['commits'] / ops:.1f} commits (status polls included)")
     # merge the service threads' function stats (not the client's)
