@@ -28,7 +28,7 @@ from tether import config  # noqa: E402 - after the warning filters above
 LOG = logging.getLogger("tether")
 
 
-def _setup_logging(conf: Any, to_stderr: bool) -> None:
+def setup_logging(conf: Any, to_stderr: bool) -> None:
     level = logging.DEBUG if conf.debug else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
     handlers: list[logging.Handler] = []
@@ -52,7 +52,7 @@ def _wait_for_signal() -> None:
 def cmd_serve(conf: Any, args: argparse.Namespace) -> int:
     from tether.service import Embedded
 
-    _setup_logging(conf, to_stderr=True)
+    setup_logging(conf, to_stderr=True)
     app = Embedded(conf)
     app.start()
     print(f"tether serve: block storage on http://{conf.api.bind_host}:"
@@ -68,7 +68,7 @@ def cmd_service(conf: Any, args: argparse.Namespace) -> int:
     from tether import service
     from tether.rpc import Rpc
 
-    _setup_logging(conf, to_stderr=True)
+    setup_logging(conf, to_stderr=True)
     db = service.open_database(conf, upgrade=False)
     rpc = Rpc(conf)
     svc: service.ApiService | service.VolumeService | service.ComputeService
