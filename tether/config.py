@@ -62,6 +62,11 @@ volume_opts = [
     cfg.PortOpt("target_port", default=3260, help="Portal port."),
     cfg.IntOpt("tgt_control_port", default=0, min=0,
                help="tgtd control port (tgtadm -C); 0 is the system tgtd."),
+    cfg.StrOpt("tgt_admin", default="auto", choices=["auto", "socket", "tgtadm"],
+               help="How requests reach tgtd: its management socket (what tgtadm itself "
+                    "uses, without a process per request), the tgtadm command, or auto: "
+                    "the socket when the installed tgt is 1.0.58 or newer and answers on "
+                    "it, else tgtadm."),
     cfg.FloatOpt("reconcile_interval", default=60.0, min=0,
                  help="Seconds between checks that the target still holds every export "
                       "(re-created after a tgtd restart); 0 turns the check off."),

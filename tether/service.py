@@ -184,10 +184,14 @@ def make_target(conf: cfg.ConfigOpts) -> TargetDriver:
 
         return FakeTarget(portal_ip=conf.volume.target_ip, portal_port=conf.volume.target_port)
     from tether.volume.targets.tgt import TgtTarget
+    from tether.volume.targets.tgtadm import make_admin
 
-    return TgtTarget(ProcessRunner(), portal_ip=conf.volume.target_ip,
+    runner = ProcessRunner()
+    return TgtTarget(runner, portal_ip=conf.volume.target_ip,
                      portal_port=conf.volume.target_port,
-                     control_port=conf.volume.tgt_control_port)
+                     control_port=conf.volume.tgt_control_port,
+                     admin=make_admin(conf.volume.tgt_admin, runner,
+                                      conf.volume.tgt_control_port))
 
 
 class VolumeService:

@@ -1,14 +1,15 @@
-"""Linux tgt (``tgtd``) as the iSCSI target, driven through ``tgtadm``.
+"""Linux tgt (``tgtd``) as the iSCSI target (requests reach tgtd through
+:mod:`tether.volume.targets.tgtadm`: its socket, or the tgtadm command).
 
 One target per exported volume (IQN from :func:`target_iqn`), LUN 1 backed by
 the volume file, a one-way CHAP account bound as the incoming user, and an ACL
 of initiator names (never ``ALL``).  Every operation compares the wanted state
 with what tgtd holds and only changes the difference, so it is safe to repeat
 after a crash, a retry or a tgtd restart.  What tgtd holds is read once
-(``tgtadm --op show``) and then kept up to date by our own changes; an
+(``show target``) and then kept up to date by our own changes; an
 operation that tgtd refuses because the state moved under us (tgtd restarted,
-someone else's tgtadm) reloads it and runs once more.  CHAP passwords go to
-tgtadm as secrets and never reach a log line or an error message.
+someone else's tgtadm) reloads it and runs once more.  CHAP passwords are
+secrets: never on a log line or in an error message.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tether.executor import CommandError, Runner
+from tether.executor import Runner
 from tether.volume.targets.base import (
     IQN_PREFIX,
     ExportLocation,
@@ -28,9 +29,14 @@ from tether.volume.targets.base import (
     TargetError,
     target_iqn,
 )
+from tether.volume.targets.tgtadm import AdminError, AutoAdmin, Request, TgtAdmin, codes
 
 LOG = logging.getLogger(__name__)
 LUN = 1
+
+_ACCOUNT_EXISTS, _NO_ACCOUNT = codes("account_exists"), codes("no_account")
+_ACL_EXISTS, _NO_ACL = codes("acl_exists"), codes("no_acl")
+_NO_TARGET = codes("no_target")
 
 _TARGET_RE = re.compile(r"^Target (\d+): (\S+)$")
 
@@ -83,8 +89,11 @@ def parse_show(text: str) -> dict[str, ShownTarget]:
 
 class TgtTarget:
     def __init__(self, runner: Runner, portal_ip: str, portal_port: int = 3260,
-                 control_port: int = 0, iqn_prefix: str = IQN_PREFIX) -> None:
-        self.runner = runner
+                 control_port: int = 0, iqn_prefix: str = IQN_PREFIX,
+                 admin: TgtAdmin | None = None) -> None:
+        """``admin``: how requests reach tgtd (default: its socket where the
+        installed tgt allows, else tgtadm run with ``runner``)."""
+        self.admin = admin or AutoAdmin(runner, control_port)
         self.portal = f"{portal_ip}:{portal_port}"
         self.control_port = control_port
         self.iqn_prefix = iqn_prefix
@@ -94,26 +103,23 @@ class TgtTarget:
 
     # -- plumbing ------------------------------------------------------------
 
-    def _adm(self, *args: str, secrets: tuple[str, ...] = ()) -> str:
-        argv = ["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args]
+    def _adm(self, op: str, mode: str, *, tid: int | None = None, lun: int | None = None,
+             force: bool = False, tolerate: frozenset[str] = frozenset(),
+             secrets: tuple[str, ...] = (), **params: str) -> str:
+        """One request to tgtd; an error whose code is in ``tolerate`` means
+        the state already is what we want.  ``params`` spell tgtd's keys with
+        ``_`` for ``-`` (``initiator_name``)."""
+        req = Request(op, mode, tid, lun, force,
+                      tuple((k.replace("_", "-"), v) for k, v in params.items()), secrets)
         try:
-            return self.runner.run(argv, secrets=secrets).stdout
-        except CommandError as exc:
-            raise TargetError(f"tgtadm failed: {exc}") from None
-        except OSError as exc:
-            raise TargetError(f"cannot run tgtadm: {exc}") from None
-
-    def _adm_ok(self, *args: str, tolerate: str, secrets: tuple[str, ...] = ()) -> None:
-        """Run tgtadm; an error whose message contains ``tolerate`` means the
-        state already is what we want."""
-        try:
-            self._adm(*args, secrets=secrets)
-        except TargetError as exc:
-            if tolerate not in str(exc):
-                raise
+            return self.admin.request(req)
+        except AdminError as exc:
+            if exc.code in tolerate:
+                return ""
+            raise
 
     def _show(self) -> dict[str, ShownTarget]:
-        return parse_show(self._adm("--op", "show", "--mode", "target"))
+        return parse_show(self._adm("show", "target"))
 
     def _targets(self) -> dict[str, ShownTarget]:
         """What tgtd holds, as last read or changed by us (under ``_lock``)."""
@@ -155,37 +161,30 @@ class TgtTarget:
         target = known.get(iqn)
         if target is None:
             new_tid = max((t.tid for t in known.values()), default=0) + 1
-            self._adm("--op", "new", "--mode", "target", "--tid", str(new_tid),
-                      "--targetname", iqn)
+            self._adm("new", "target", tid=new_tid, targetname=iqn)
             target = known[iqn] = ShownTarget(new_tid, iqn)
-        tid = str(target.tid)
+        tid = target.tid
         if target.backing.get(LUN) != spec.backing_path:
             if LUN in target.backing:
-                self._adm("--op", "delete", "--mode", "logicalunit", "--tid", tid,
-                          "--lun", str(LUN))
+                self._adm("delete", "logicalunit", tid=tid, lun=LUN)
                 del target.backing[LUN]
-            self._adm("--op", "new", "--mode", "logicalunit", "--tid", tid,
-                      "--lun", str(LUN), "--backing-store", spec.backing_path,
-                      "--bstype", "rdwr")
+            self._adm("new", "logicalunit", tid=tid, lun=LUN, path=spec.backing_path,
+                      bstype="rdwr")
             target.backing[LUN] = spec.backing_path
         if spec.chap.username not in target.accounts:
-            self._adm_ok("--op", "new", "--mode", "account", "--user", spec.chap.username,
-                         "--password", spec.chap.password, tolerate="already exists",
-                         secrets=(spec.chap.password,))
-            self._adm("--op", "bind", "--mode", "account", "--tid", tid,
-                      "--user", spec.chap.username)
+            self._adm("new", "account", user=spec.chap.username, password=spec.chap.password,
+                      tolerate=_ACCOUNT_EXISTS, secrets=(spec.chap.password,))
+            self._adm("bind", "account", tid=tid, user=spec.chap.username)
             target.accounts.append(spec.chap.username)
         for stale in set(target.accounts) - {spec.chap.username}:
-            self._adm_ok("--op", "unbind", "--mode", "account", "--tid", tid,
-                         "--user", stale, tolerate="can't find")
+            self._adm("unbind", "account", tid=tid, user=stale, tolerate=_NO_ACCOUNT)
             target.accounts.remove(stale)
         for initiator in sorted(set(spec.initiators) - set(target.acl)):
-            self._adm_ok("--op", "bind", "--mode", "target", "--tid", tid,
-                         "--initiator-name", initiator, tolerate="already exists")
+            self._adm("bind", "target", tid=tid, initiator_name=initiator,
+                      tolerate=_ACL_EXISTS)
             target.acl.append(initiator)
         for initiator in sorted(set(target.acl) - set(spec.initiators)):
-            self._adm_ok("--op", "unbind", "--mode", "target", "--tid", tid,
-                         "--initiator-name", initiator, tolerate="does not exist")
+            self._adm("unbind", "target", tid=tid, initiator_name=initiator, tolerate=_NO_ACL)
             target.acl.remove(initiator)
         LOG.debug("tgt: %s (tid %s) exported to %s", iqn, tid, sorted(spec.initiators))
 
@@ -197,12 +196,10 @@ class TgtTarget:
             if target is None:
                 return
             # --force: drop the sessions of initiators still logged in
-            self._adm_ok("--op", "delete", "--force", "--mode", "target",
-                         "--tid", str(target.tid), tolerate="can't find the target")
+            self._adm("delete", "target", tid=target.tid, force=True, tolerate=_NO_TARGET)
             self._targets().pop(iqn, None)
             for account in target.accounts:
-                self._adm_ok("--op", "delete", "--mode", "account", "--user", account,
-                             tolerate="can't find the account")
+                self._adm("delete", "account", user=account, tolerate=_NO_ACCOUNT)
             LOG.debug("tgt: %s (tid %d) removed", iqn, target.tid)
 
         self._retrying(change)
@@ -213,8 +210,8 @@ class TgtTarget:
             if target is None:
                 raise TargetError(f"volume {volume_id} is not exported: cannot admit "
                                   f"{initiator_iqn}")
-            self._adm_ok("--op", "bind", "--mode", "target", "--tid", str(target.tid),
-                         "--initiator-name", initiator_iqn, tolerate="already exists")
+            self._adm("bind", "target", tid=target.tid, initiator_name=initiator_iqn,
+                      tolerate=_ACL_EXISTS)
             if initiator_iqn not in target.acl:
                 target.acl.append(initiator_iqn)
 
@@ -225,8 +222,8 @@ class TgtTarget:
             target = self._targets().get(self._iqn(volume_id))
             if target is None:
                 return
-            self._adm_ok("--op", "unbind", "--mode", "target", "--tid", str(target.tid),
-                         "--initiator-name", initiator_iqn, tolerate="does not exist")
+            self._adm("unbind", "target", tid=target.tid, initiator_name=initiator_iqn,
+                      tolerate=_NO_ACL)
             if initiator_iqn in target.acl:
                 target.acl.remove(initiator_iqn)
 

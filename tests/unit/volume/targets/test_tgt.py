@@ -1,5 +1,7 @@
-"""tgt driver: the exact tgtadm sequences, against a recording runner that
-plays tgtd's answers (parsing is checked on output captured from tgtd 1.0.85)."""
+"""tgt driver: the exact tgtadm sequences (through :class:`CommandAdmin`),
+against a recording runner that plays tgtd's answers (parsing is checked on
+output captured from tgtd 1.0.85).  The socket's encoding of the same
+requests is checked in ``test_tgtadm.py``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 from tether.executor import CommandError, CommandResult
 from tether.volume.targets.base import ChapCredentials, ExportSpec, TargetError
 from tether.volume.targets.tgt import TgtTarget, parse_show
+from tether.volume.targets.tgtadm import CommandAdmin
 
 VID = "6f1c2f0e-1d2b-4b8e-9a57-0c6f3f1e9d11"
 IQN = f"iqn.2010-10.org.tether:volume-{VID}"
@@ -79,7 +82,8 @@ class Runner:
 
 
 def _driver(runner: Runner) -> TgtTarget:
-    return TgtTarget(runner, "127.0.0.1", 3260, control_port=7)
+    return TgtTarget(runner, "127.0.0.1", 3260, control_port=7,
+                     admin=CommandAdmin(runner, control_port=7))
 
 
 CHAP = ChapCredentials("tetheruser1", "s3cretpassword16")
