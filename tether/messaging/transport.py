@@ -11,8 +11,10 @@ Three things oslo.messaging 18.3.1 does not do by itself:
   left out, the threading executor is chosen (unless eventlet has patched
   ``threading``), so the helpers here never pass it;
 * the threading executor's idle workers look for the shutdown flag only once
-  a second, so every ``server.wait()`` took up to a second; the servers built
-  here use :class:`PromptThreadPool`, which wakes them.
+  a second, so every ``server.wait()`` took up to a second; and it starts a
+  thread per message until it has 64; the servers built here use
+  :class:`PromptThreadPool`, which wakes them and starts threads only when
+  all are busy.
 """
 
 from __future__ import annotations
@@ -80,9 +82,26 @@ def notification_listener(transport: Any, targets: Sequence[oslo_messaging.Targe
 
 
 class PromptThreadPool(futurist.ThreadPoolExecutor):
-    """futurist's pool, but ``shutdown(wait=True)`` returns as soon as the
-    work in hand is done: idle workers are woken instead of noticing the
-    shutdown at their next one-second poll."""
+    """futurist's pool, with two changes:
+
+    * a new worker only when no idle one is left for the new message:
+      futurist starts one per message until ``max_workers`` (64), so a fresh
+      service paid a thread start on each of its first 64 messages per
+      server and then kept 64 threads, each waking once a second to look
+      for the shutdown flag (idle CPU, and a new job lands on the coldest
+      thread);
+    * ``shutdown(wait=True)`` returns as soon as the work in hand is done:
+      idle workers are woken instead of noticing the shutdown at their next
+      one-second poll.
+    """
+
+    def _maybe_spin_up(self) -> bool:
+        # called by submit() under the shutdown lock, before the message is
+        # queued: the workers waiting must outnumber the messages waiting
+        idle = sum(1 for w in self._workers if w.idle)
+        if idle > self._work_queue.qsize():
+            return False
+        return bool(super()._maybe_spin_up())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if wait:

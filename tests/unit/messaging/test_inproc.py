@@ -444,3 +444,34 @@ def test_requeued_notification_comes_back(driver: InProcessDriver) -> None:
     with running(listener, handle):
         driver.send_notification(oslo_messaging.Target(topic=f"{t}.info"), {}, {"n": 5}, 1.0)
         assert [seen.get(timeout=WAIT), seen.get(timeout=WAIT)] == [5, 5]
+
+
+def test_the_pool_starts_a_thread_only_when_every_worker_is_busy() -> None:
+    pool = tr.PromptThreadPool(max_workers=8)
+    try:
+        for _ in range(20):  # one message at a time: one worker does them all
+            pool.submit(lambda: None).result(timeout=5)
+        assert pool.num_workers == 1
+        release = threading.Event()
+        started = queue.SimpleQueue[int]()
+
+        def hold(n: int) -> None:
+            started.put(n)
+            release.wait(5)
+
+        # three at once, queued faster than a worker can pick one up: each
+        # gets a thread of its own, none waits behind a held one
+        held = [pool.submit(hold, n) for n in range(3)]
+        assert sorted(started.get(timeout=5) for _ in range(3)) == [0, 1, 2]
+        assert pool.num_workers == 3
+        release.set()
+        for f in held:
+            f.result(timeout=5)
+        deadline = time.monotonic() + 5
+        while pool.get_num_idle_workers() < 3:  # they go back to waiting
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pool.submit(lambda: None).result(timeout=5)
+        assert pool.num_workers == 3
+    finally:
+        pool.shutdown(wait=True)
