@@ -126,13 +126,21 @@ class Operations:
 
     @contextlib.contextmanager
     def step(self, action: ActionRef, event: str, host: str | None = None,
-             started: dt.datetime | None = None) -> Iterator[None]:
+             started: dt.datetime | None = None,
+             first: Callable[[Connection], object] | None = None) -> Iterator[None]:
         """Record ``event`` around the block: Success, or Error with the
         traceback; the exception propagates.  ``started``: when the step
-        really began, if before the action was recorded."""
-        event_id = self._write(lambda conn: _new_event(conn, _p(
-            action_id=action.id, event=event, start_time=started or models.utcnow(),
-            finish_time=None, host=host or self.host, result=None, details=None)))
+        really began, if before the action was recorded.  ``first``: the
+        step's first database change, written with its start."""
+
+        def begin(conn: Connection) -> int:
+            if first is not None:
+                first(conn)
+            return _new_event(conn, _p(
+                action_id=action.id, event=event, start_time=started or models.utcnow(),
+                finish_time=None, host=host or self.host, result=None, details=None))
+
+        event_id = self._write(begin)
         try:
             yield
         except BaseException as exc:
@@ -161,10 +169,19 @@ class Operations:
             id=event_id, finish_time=models.utcnow(), result=result, traceback=tb,
             details=details)))
 
-    def finish_action(self, action: ActionRef, message: str | None = None) -> None:
+    def finish_action(self, action: ActionRef, message: str | None = None,
+                      last: Callable[[Connection], object] | None = None) -> None:
+        """Mark the action finished (``message``: "Error" when it failed);
+        ``last``: the operation's last database change, written with it."""
         now = models.utcnow()
-        self._write(lambda conn: _END_ACTION.run(conn, _p(
-            id=action.id, finish_time=now, message=message, updated_at=now)))
+
+        def end(conn: Connection) -> None:
+            if last is not None:
+                last(conn)
+            _END_ACTION.run(conn, _p(id=action.id, finish_time=now, message=message,
+                                     updated_at=now))
+
+        self._write(end)
 
     def unfinished(self, host: str, actions: tuple[str, ...],
                    started_before: dt.datetime | None = None) -> list[models.InstanceAction]:

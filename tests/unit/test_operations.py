@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from sqlalchemy import event, insert, select
+from sqlalchemy import Connection, event, insert, select, update
 
 from tether.context import RequestContext
 from tether.db import migrate, models
@@ -83,3 +85,35 @@ def test_batched_failure_is_written_at_once_and_pending_at_the_end(db: Database)
     with ops.batched(), ops.step(action, "s2"):
         pass
     assert _events(db)[-1] == ("s2", "Success")  # written when the block ended
+
+
+def _instance_name(db: Database) -> str:
+    with db.engine.connect() as c:
+        return str(c.execute(select(models.Instance.name)).scalar_one())
+
+
+def _rename(name: str) -> Callable[[Connection], None]:
+    def change(conn: Connection) -> None:
+        conn.execute(update(models.Instance).values(name=name))
+    return change
+
+
+def test_a_steps_first_change_and_an_actions_last_share_their_transactions(
+        db: Database) -> None:
+    ops = Operations(db, "h")
+    action = _action(ops)
+    commits = _commits(db)
+    with ops.step(action, "s1.2", first=_rename("during")):
+        assert (_instance_name(db), _events(db)[-1]) == ("during", ("s1.2", None))
+    ops.finish_action(action, last=_rename("after"))
+    assert _instance_name(db) == "after"
+    assert commits[0] == 3  # start+first, finish, finish_action+last
+
+    def broken(conn: Connection) -> None:
+        _rename("half")(conn)
+        raise RuntimeError("first failed")
+
+    with pytest.raises(RuntimeError), ops.step(action, "s9", first=broken):
+        pass
+    assert _instance_name(db) == "after"  # nothing of it stayed
+    assert "s9" not in [e for e, _ in _events(db)]

@@ -88,9 +88,9 @@ class AttachFlow:
             self.ops.finish_action(action, "Error")
             self.notify(ctx, "volume.attach.error", payload, True)
             return False
-        with self.db.begin() as c:
-            BDMS.update(c, bdm.id, {"connection_info": _without_secret(info)})
-        self.ops.finish_action(action)
+        kept = _without_secret(info)
+        self.ops.finish_action(
+            action, last=lambda c: BDMS.update(c, bdm.id, {"connection_info": kept}))
         self.notify(ctx, "volume.attach.end", payload, False)
         LOG.info("volume %s attached to instance %s as %s", volume_id, instance_uuid,
                  bdm.device_name)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo, Connector
@@ -94,10 +94,11 @@ class DetachFlow:
                 LOG.error("Unable to call for a driver detach of volume %s from instance %s: "
                           "the instance is registered to host %s, not this host %s", volume_id,
                           instance_uuid, inst.host, self.host)
-            with self.ops.step(action, "s1.2+s1.3:attachment_delete"):
-                # the BDM goes first: once storage says 'available' a client may
-                # attach the volume again at once, and must not find it still mapped
-                self._mark_bdm(bdm.id, deleted=True)
+            # the BDM goes first (with the step's start): once storage says
+            # 'available' a client may attach the volume again at once, and
+            # must not find it still mapped
+            with self.ops.step(action, "s1.2+s1.3:attachment_delete",
+                               first=lambda c: _bdm_deleted(c, bdm.id, True)):
                 try:
                     if attachment_id is not None:
                         self.volumes.attachment_delete(attachment_id)
@@ -164,8 +165,7 @@ class DetachFlow:
 
     def _mark_bdm(self, bdm_id: int, deleted: bool) -> None:
         with self.db.begin() as c:
-            BDMS.update(c, bdm_id, {"deleted": deleted,
-                                    "deleted_at": models.utcnow() if deleted else None})
+            _bdm_deleted(c, bdm_id, deleted)
 
     def _other_users_on_host(self, instance_uuid: str, volume_id: str) -> bool:
         with self.db.begin() as c:
@@ -183,6 +183,11 @@ class DetachFlow:
         except Exception:
             LOG.exception("roll_detaching of volume %s failed", volume_id)
         self.ops.finish_action(action, "Error")
+
+
+def _bdm_deleted(conn: Connection, bdm_id: int, deleted: bool) -> None:
+    BDMS.update(conn, bdm_id, {"deleted": deleted,
+                               "deleted_at": models.utcnow() if deleted else None})
 
 
 def _connection_info(bdm: BdmRecord) -> ConnectionInfo | None:
