@@ -70,17 +70,17 @@ def main() -> int:
     counting = threading.Event()
     tracing = threading.Event()
 
-    @event.listens_for(app.db.engine, "before_cursor_execute")
-    def _stmt(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if counting.is_set():
-            counts["statements"] += 1
+    def _statement(sql: str) -> None:
+        if counting.is_set() and not sql.startswith("BEGIN"):
+            counts["commits" if sql == "COMMIT" else "statements"] += 1
         if tracing.is_set():
-            print(f"  [{threading.current_thread().name}] {' '.join(statement.split())[:150]}")
+            print(f"  [{threading.current_thread().name}] {' '.join(sql.split())[:150]}")
 
-    @event.listens_for(app.db.engine, "commit")
-    def _commit(*_: Any) -> None:
-        if counting.is_set():
-            counts["commits"] += 1
+    # every statement SQLite runs, prepared ones included (they bypass
+    # SQLAlchemy's events); set on each pool checkout
+    @event.listens_for(app.db.engine.pool, "checkout")
+    def _checkout(dbapi_conn: Any, *_: Any) -> None:
+        dbapi_conn.set_trace_callback(_statement)
 
     vport, cport = app.api.servers[0].port, app.api.servers[1].port
     http = httpx.Client(headers={"X-Auth-Token": service_token(conf)}, timeout=30)

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from tether.context import RequestContext
 from tether.db import models
-from tether.db.api import Database
+from tether.db.api import Database, Tx
 from tether.db.prepared import Prepared
 from tether.db.records import table_of
 from tether.states import operation as op_states
@@ -65,7 +65,7 @@ _END_ACTION = Prepared(update(_ACTIONS).where(_ACTIONS.c.id == bindparam("p_id")
     _bound("finish_time", "message", "updated_at")))
 
 
-def _new_event(conn: Connection, params: dict[str, Any]) -> int:
+def _new_event(conn: Tx, params: dict[str, Any]) -> int:
     row = _NEW_EVENT.first(conn, params)
     assert row is not None
     return int(row[0])
@@ -93,10 +93,10 @@ class Operations:
                 self._write(lambda conn: None)
             self._local.pending = None
 
-    def _write(self, work: Callable[[Connection], T]) -> T:
+    def _write(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in a transaction that also writes the pending finishes."""
         pending: list[dict[str, Any]] = getattr(self._local, "pending", None) or []
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             if pending:
                 _END_EVENT.run_many(conn, pending)
             result = work(conn)
@@ -110,7 +110,7 @@ class Operations:
         API's checks, begun at ``started``), recorded in the same transaction."""
         now = models.utcnow()
 
-        def write(conn: Connection) -> int:
+        def write(conn: Tx) -> int:
             row = _NEW_ACTION.first(conn, _p(
                 request_id=ctx.request_id, instance_uuid=instance_uuid, action=action,
                 project_id=ctx.project_id, user_id=ctx.user_id, start_time=started or now,
@@ -127,13 +127,13 @@ class Operations:
     @contextlib.contextmanager
     def step(self, action: ActionRef, event: str, host: str | None = None,
              started: dt.datetime | None = None,
-             first: Callable[[Connection], object] | None = None) -> Iterator[None]:
+             first: Callable[[Tx], object] | None = None) -> Iterator[None]:
         """Record ``event`` around the block: Success, or Error with the
         traceback; the exception propagates.  ``started``: when the step
         really began, if before the action was recorded.  ``first``: the
         step's first database change, written with its start."""
 
-        def begin(conn: Connection) -> int:
+        def begin(conn: Tx) -> int:
             if first is not None:
                 first(conn)
             return _new_event(conn, _p(
@@ -170,12 +170,12 @@ class Operations:
             details=details)))
 
     def finish_action(self, action: ActionRef, message: str | None = None,
-                      last: Callable[[Connection], object] | None = None) -> None:
+                      last: Callable[[Tx], object] | None = None) -> None:
         """Mark the action finished (``message``: "Error" when it failed);
         ``last``: the operation's last database change, written with it."""
         now = models.utcnow()
 
-        def end(conn: Connection) -> None:
+        def end(conn: Tx) -> None:
             if last is not None:
                 last(conn)
             _END_ACTION.run(conn, _p(id=action.id, finish_time=now, message=message,

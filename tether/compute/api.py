@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 
 from tether import policy
 from tether.compute import flavors
@@ -23,7 +23,7 @@ from tether.compute.rpcapi import ComputeRpcApi
 from tether.compute.volume_client import VolumeClient, VolumeRef
 from tether.context import RequestContext
 from tether.db import models
-from tether.db.api import Database
+from tether.db.api import Database, Tx
 from tether.db.prepared import Prepared
 from tether.db.records import BDMS, INSTANCES, BdmRecord, InstanceRecord, by, grouped
 from tether.exceptions import (
@@ -83,7 +83,7 @@ class ComputeAPI:
 
     # -- lookups -------------------------------------------------------------
 
-    def _server(self, c: Connection, ctx: RequestContext, server_id: str,
+    def _server(self, c: Tx, ctx: RequestContext, server_id: str,
                 rule: str = "server:get") -> InstanceRecord:
         inst = INSTANCES.get(c, server_id)
         if inst is None or inst.deleted or not policy.allowed(ctx, "server:get",
@@ -193,7 +193,7 @@ class ComputeAPI:
                 f"Cannot '{event}' instance {inst.uuid} while it is in vm_state "
                 f"{inst.vm_state}.") from None
 
-    def _set_task(self, c: Connection, inst: InstanceRecord, task_state: str,
+    def _set_task(self, c: Tx, inst: InstanceRecord, task_state: str,
                   **values: Any) -> None:
         """Take the server for a task; a task started concurrently wins."""
         if not INSTANCES.update(c, inst.uuid, {"task_state": task_state, **values},
@@ -259,11 +259,11 @@ class ComputeAPI:
     # -- volume attachments ----------------------------------------------------
 
     @staticmethod
-    def _bdms(c: Connection, server_id: str) -> list[BdmRecord]:
+    def _bdms(c: Tx, server_id: str) -> list[BdmRecord]:
         """The server's live block device mappings (root disk included)."""
         return BDMS.all(c, _SERVER_BDMS, {"server_id": server_id})
 
-    def _bdm(self, c: Connection, server_id: str, volume_id: str) -> BdmRecord | None:
+    def _bdm(self, c: Tx, server_id: str, volume_id: str) -> BdmRecord | None:
         return next((b for b in self._bdms(c, server_id) if b.volume_id == volume_id), None)
 
     def get_volume_attachment(self, ctx: RequestContext, server_id: str, volume_id: str

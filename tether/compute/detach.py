@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import bindparam, select
 
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo, Connector
 from tether.connectors.base import VolumeConnector
 from tether.context import RequestContext
 from tether.db import models
-from tether.db.api import Database
+from tether.db.api import Database, Tx
 from tether.db.prepared import Prepared
 from tether.db.records import BDMS, INSTANCES, BdmRecord, by
 from tether.operations import ActionRef, Operations
@@ -185,7 +185,7 @@ class DetachFlow:
         self.ops.finish_action(action, "Error")
 
 
-def _bdm_deleted(conn: Connection, bdm_id: int, deleted: bool) -> None:
+def _bdm_deleted(conn: Tx, bdm_id: int, deleted: bool) -> None:
     BDMS.update(conn, bdm_id, {"deleted": deleted,
                                "deleted_at": models.utcnow() if deleted else None})
 

@@ -35,6 +35,8 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import TypeEngine
 
+from tether.db.api import Tx
+
 Convert = Callable[[Any], Any]
 
 
@@ -141,11 +143,13 @@ class Prepared:
         from_db = tuple((i, c) for i, t in enumerate(types) if (c := _from_db(t)) is not None)
         return _Plan(compiled.string, order, to_db, fixed, from_db)
 
-    def _cursor(self, conn: Connection) -> tuple[Any, _Plan]:
+    def _cursor(self, conn: Tx | Connection) -> tuple[Any, _Plan]:
         plan = self._plan(conn.dialect)
+        if isinstance(conn, Tx):
+            return conn.dbapi.cursor(), plan
         return conn.connection.dbapi_connection.cursor(), plan  # type: ignore[union-attr]
 
-    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, conn: Tx | Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         cursor, plan = self._cursor(conn)
         try:
             cursor.execute(plan.sql, plan.parameters(params))
@@ -153,7 +157,7 @@ class Prepared:
         finally:
             cursor.close()
 
-    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, conn: Tx | Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         cursor, plan = self._cursor(conn)
         try:
             cursor.execute(plan.sql, plan.parameters(params))
@@ -162,7 +166,7 @@ class Prepared:
         finally:
             cursor.close()
 
-    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+    def run(self, conn: Tx | Connection, params: Mapping[str, Any]) -> int:
         """Execute; the number of rows it changed."""
         cursor, plan = self._cursor(conn)
         try:
@@ -171,7 +175,7 @@ class Prepared:
         finally:
             cursor.close()
 
-    def run_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+    def run_many(self, conn: Tx | Connection, params: Sequence[Mapping[str, Any]]) -> None:
         cursor, plan = self._cursor(conn)
         try:
             cursor.executemany(plan.sql, [plan.parameters(p) for p in params])

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam
+from sqlalchemy import ColumnElement, bindparam
 
 from tether import policy
 from tether.connection import ConnectionInfo, Connector
 from tether.context import RequestContext
 from tether.db import models
-from tether.db.api import Database
+from tether.db.api import Database, Tx
 from tether.db.prepared import Prepared
 from tether.db.records import (
     ATTACHMENTS,
@@ -78,7 +78,7 @@ class VolumeAPI:
 
     # -- lookups -----------------------------------------------------------
 
-    def _volume(self, c: Connection, ctx: RequestContext, volume_id: str,
+    def _volume(self, c: Tx, ctx: RequestContext, volume_id: str,
                 rule: str = "volume:get") -> VolumeRecord:
         vol = VOLUMES.get(c, volume_id) if _is_uuid(volume_id) else None
         if vol is None or vol.deleted or not policy.allowed(ctx, "volume:get", vol.project_id):
@@ -86,7 +86,7 @@ class VolumeAPI:
         policy.authorize(ctx, rule, vol.project_id)
         return vol
 
-    def _attachment(self, c: Connection, ctx: RequestContext, attachment_id: str,
+    def _attachment(self, c: Tx, ctx: RequestContext, attachment_id: str,
                     rule: str = "attachment:get") -> tuple[AttachmentRecord, VolumeRecord]:
         att = ATTACHMENTS.get(c, attachment_id) if _is_uuid(attachment_id) else None
         vol = VOLUMES.get(c, att.volume_id) if att is not None else None
@@ -115,7 +115,7 @@ class VolumeAPI:
         return grouped(volume_ids, rows, lambda a: a.volume_id)
 
     @staticmethod
-    def live_attachments_of(c: Connection, volume_id: str) -> list[AttachmentRecord]:
+    def live_attachments_of(c: Tx, volume_id: str) -> list[AttachmentRecord]:
         return ATTACHMENTS.all(c, _LIVE_OF_VOLUME, {"volume_id": volume_id})
 
     def list_volumes(self, ctx: RequestContext, filters: dict[str, str],
@@ -184,7 +184,7 @@ class VolumeAPI:
             raise ServiceUnavailable(f"Volume {volume_id} has no host to delete it on.")
         self.rpcapi.delete_volume(ctx, vol.host, volume_id)
 
-    def _transition(self, c: Connection, vol: VolumeRecord, event: str,
+    def _transition(self, c: Tx, vol: VolumeRecord, event: str,
                     target: str | None = None) -> str:
         """Check ``event`` against the table, then apply it conditionally; a
         concurrent change in between is reported like any other bad state.
@@ -197,7 +197,7 @@ class VolumeAPI:
             raise Conflict(f"Volume {vol.id} changed state concurrently; retry the request.")
         return new
 
-    def settle(self, c: Connection, vol: VolumeRecord) -> str:
+    def settle(self, c: Tx, vol: VolumeRecord) -> str:
         """Recompute the volume's status from the attachments that remain."""
         remaining = [a.attach_status for a in self.live_attachments_of(c, vol.id)]
         target = vol_states.settled_status(remaining)
@@ -303,7 +303,7 @@ class VolumeAPI:
         return self._sync_and_settle(ctx, vol, saved)
 
     @staticmethod
-    def _mark_detached(c: Connection, atts: list[AttachmentRecord]) -> list[tuple[str, str]]:
+    def _mark_detached(c: Tx, atts: list[AttachmentRecord]) -> list[tuple[str, str]]:
         """Soft-delete the attachments; what they were, to restore them."""
         now = models.utcnow()
         for att in atts:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from sqlalchemy import Connection, bindparam
+from sqlalchemy import bindparam
 
 from tether import policy
 from tether.connection import ConnectionInfo, Connector
 from tether.context import RequestContext
 from tether.db import models
+from tether.db.api import Tx
 from tether.db.records import ATTACHMENTS, VOLUMES, AttachmentRecord, by
 from tether.exceptions import AttachmentNotFound, InvalidInput, InvalidVolume
 from tether.states import attachment as att_states
@@ -94,7 +95,7 @@ class LegacyActions:
         return info
 
     @staticmethod
-    def _pending(c: Connection, volume_id: str, connector: Connector
+    def _pending(c: Tx, volume_id: str, connector: Connector
                  ) -> AttachmentRecord | None:
         """A legacy connection of this host not yet attached to an instance."""
         for row in ATTACHMENTS.all(c, _PENDING, {"volume_id": volume_id}):

@@ -14,7 +14,7 @@ from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
 from tether.db.prepared import Prepared
-from tether.db.records import BDMS, INSTANCES, VOLUMES, one_of
+from tether.db.records import ATTACHMENTS, BDMS, INSTANCES, VOLUMES, by, one_of
 from tether.operations import Operations
 
 _V = VOLUMES.columns
@@ -136,6 +136,47 @@ def gateway_insert_applies_defaults_and_returns_the_row(db: Database) -> None:
     assert again == first
 
 
+def prepared_and_sqlalchemy_share_one_transaction(db: Database) -> None:
+    """A transaction may mix prepared statements with SQLAlchemy ones: they
+    commit together and roll back together, and the connection goes back to
+    the pool either way."""
+    vid = _volume(db)
+    checked_out = db.engine.pool.checkedout()  # type: ignore[attr-defined]
+    at = models.utcnow()
+    with pytest.raises(RuntimeError), db.begin() as c:
+        _SET.run(c, {"id": vid, "meta": {"both": 1}, "at": at, "multi": False,
+                     "status": "in-use"})
+        c.execute(update(VOLUMES.table).where(_V["id"] == vid).values(size=99))
+        raise RuntimeError("rolled back")
+    with db.begin() as c:
+        assert c.execute(select(_V["size"]).where(_V["id"] == vid)).scalar_one() == 3
+        assert _GET.first(c, {"id": vid})[0] == {"a": [1, "x"]}  # type: ignore[index]
+        c.execute(update(VOLUMES.table).where(_V["id"] == vid).values(size=7))
+        _SET.run(c, {"id": vid, "meta": {"both": 2}, "at": at, "multi": False,
+                     "status": "in-use"})
+    with db.begin() as c:
+        row = _GET.first(c, {"id": vid})
+    assert row is not None and (row[0], row[4]) == ({"both": 2}, 7)
+    assert db.engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
+
+
+def a_refused_statement_rolls_back_and_returns_the_connection(db: Database) -> None:
+    """The database refuses a prepared insert (a foreign key): nothing of the
+    transaction stays and the connection goes back to the pool."""
+    checked_out = db.engine.pool.checkedout()  # type: ignore[attr-defined]
+    vid = _volume(db)
+    with pytest.raises(Exception), db.begin() as c:  # noqa: B017 - each driver its own class
+        VOLUMES.update(c, vid, {"size": 42})
+        ATTACHMENTS.insert(c, {"id": str(uuid.uuid4()), "volume_id": "no-such-volume",
+                               "attach_status": "reserved", "deleted": False})
+    with db.begin() as c:
+        assert ATTACHMENTS.all(c, by(ATTACHMENTS, ATTACHMENTS.columns["volume_id"]
+                                     == "no-such-volume")) == []
+        assert VOLUMES.get(c, vid).size == 3  # type: ignore[union-attr]
+    assert db.engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
+
+
 CASES = [gateway_insert_applies_defaults_and_returns_the_row, values_round_trip,
          fixed_states_and_rowcount, takes_part_in_the_transaction, many_rows,
-         operations_record_their_steps]
+         operations_record_their_steps, prepared_and_sqlalchemy_share_one_transaction,
+         a_refused_statement_rolls_back_and_returns_the_connection]
