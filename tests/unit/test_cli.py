@@ -3,6 +3,7 @@ HTTP on free ports): what an operator types and reads."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tether import config
+from tether import cli, config
 from tether.cli import main
 from tether.connectors.fake import FakeConnector
 from tether.service import Drivers, Embedded
@@ -122,3 +123,37 @@ def test_image_import_list_and_show(running: list[str], capsys: pytest.CaptureFi
     assert rc == 0 and re.search(r"hw_disk_bus\s+virtio", out)
     with pytest.raises(SystemExit):
         main([*running, "image", "import", str(disk), "--property", "novalue"])
+
+
+def test_logging_goes_to_the_file_and_stderr_formatted_once(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = config.load(state_dir=str(tmp_path))
+    formatted: list[str] = []
+    real_format = logging.Formatter.format
+
+    def counting(self: logging.Formatter, record: logging.LogRecord) -> str:
+        formatted.append(record.getMessage())
+        return real_format(self, record)
+
+    monkeypatch.setattr(logging.Formatter, "format", counting)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        cli.setup_logging(conf, to_stderr=True)
+        logging.getLogger("tether.test").info("volume %s attached", "v1")
+        logging.getLogger("tether.test").debug("not at INFO")
+        for h in root.handlers:
+            h.flush()
+        with open(tmp_path / "tether.log") as f:
+            in_file = f.read()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert in_file.count("volume v1 attached") == 1 and err.count("volume v1 attached") == 1
+    assert " INFO tether.test [MainThread] volume v1 attached" in in_file
+    assert "not at INFO" not in in_file + err
+    assert formatted == ["volume v1 attached"]
