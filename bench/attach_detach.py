@@ -285,6 +285,7 @@ def main() -> int:
     print(f"tether serve CPU per operation: {cpu_ms:.1f} ms (target <= 8{polls})")
     out = {"cycles": args.cycles, "watch": args.watch, "table": table, "ratio_p50": ratio,
            "ratio_p50_socket_floor": strict, "cpu_ms_per_op": cpu_ms,
+           "cpu_ms_per_op_by_cycle": per_op,
            "poll_cpu_ms": poll_cpu * 1000, "raw_s": results}
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(folder, exist_ok=True)
