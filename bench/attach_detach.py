@@ -174,14 +174,17 @@ class Api:
         return attach, detach
 
 
-def start_serve(state: str) -> subprocess.Popen[bytes]:
+def start_serve(state: str, code: str | None = None) -> subprocess.Popen[bytes]:
+    """``tether serve`` on ``state``; ``code``: a checkout whose ``tether``
+    package it runs instead of this one (to compare revisions in one run)."""
     conf = os.path.join(state, "tether.conf")
     with open(conf, "w") as f:
         f.write(f"[api]\ncompute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n"
                 f"image_port = {IMAGE_PORT}\n")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tether"),
                              "--config-file", conf, "--state-dir", state, "serve"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": code} if code else None)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -199,11 +202,14 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--watch", choices=["db", "api"], default="db",
                     help="how to see an operation end (see the module's docstring)")
+    ap.add_argument("--serve-from", metavar="DIR",
+                    help="run tether serve from this checkout (e.g. a git worktree of "
+                         "another revision) to compare it in the same minutes")
     args = ap.parse_args()
     daemons.ensure_libvirtd()
     daemons.ensure_tgtd(0)
     state = tempfile.mkdtemp(prefix="tether-bench-")
-    serve = start_serve(state)
+    serve = start_serve(state, args.serve_from)
     if os.environ.get("BENCH_PROFILE"):  # sample the service with py-spy while it works
         subprocess.Popen(["py-spy", "record", "-p", str(serve.pid), "-r", "500", "-f", "raw",
                           "-o", os.environ["BENCH_PROFILE"]], stdout=subprocess.DEVNULL,
