@@ -25,7 +25,6 @@ never in ``ps``) and never into a log line or an error message.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -127,6 +126,10 @@ class AdminError(TargetError):
         self.code = code
 
 
+class TgtdNotRunning(TargetError):
+    """Nothing listens on tgtd's socket (yet)."""
+
+
 class TgtAdmin(Protocol):
     def request(self, req: Request) -> str:
         """Run ``req``; what tgtd answered (text for ``show``, else empty).
@@ -200,6 +203,9 @@ class SocketAdmin:
                 text = _recv_exactly(sock, length - _REPLY.size) if length > _REPLY.size else b""
         except AdminError:
             raise
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise TgtdNotRunning(f"cannot reach tgtd at {self.path}: tgtd is not running"
+                                 ) from None
         except (OSError, EOFError) as exc:
             raise TargetError(f"cannot reach tgtd at {self.path}: {_why(exc)}") from None
         return text.rstrip(b"\0").decode(errors="replace")
@@ -217,8 +223,6 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-        return "tgtd is not running"
     return str(exc) or type(exc).__name__
 
 
@@ -262,11 +266,16 @@ class AutoAdmin:
                 return self.chosen
             try:
                 answer = self.socket.request(SHOW_SYSTEM)
-            except TargetError as exc:
+            except TgtdNotRunning as exc:
                 # tgtd not up yet: this request goes through tgtadm (which
                 # reports it properly); the choice is made again next time
-                LOG.debug("tgtd's socket did not answer (%s)", exc)
+                LOG.debug("%s", exc)
                 return self.command
+            except TargetError as exc:  # e.g. not allowed to connect
+                LOG.warning("tgtd's socket at %s refused us (%s): using tgtadm",
+                            self.socket.path, exc)
+                self.chosen = self.command
+                return self.chosen
             if not answer.startswith("System:"):
                 LOG.warning("tgtd's socket at %s answered show-system with %r: using tgtadm",
                             self.socket.path, answer[:40])
@@ -300,4 +309,4 @@ def codes(*names: str) -> frozenset[str]:
 
 
 __all__: Sequence[str] = ("AdminError", "AutoAdmin", "CommandAdmin", "Request", "SocketAdmin",
-                          "TgtAdmin", "codes", "make_admin")
+                          "TgtAdmin", "TgtdNotRunning", "codes", "make_admin")

@@ -232,6 +232,17 @@ def test_auto_decides_again_once_tgtd_is_up(tmp_path: Any) -> None:
         fake.close()
 
 
+def test_auto_keeps_tgtadm_when_the_socket_cannot_be_used(tmp_path: Any) -> None:
+    """An error other than "nobody listens" (here ENOTDIR; in the field, tgtd
+    admitting only its own user): tgtadm from then on, without trying the
+    socket again on every request."""
+    (tmp_path / "file").write_text("")
+    runner = Runner()
+    admin = AutoAdmin(runner, socket_admin=SocketAdmin(path=str(tmp_path / "file" / "s")))
+    assert admin.request(Request("show", "target")) == "from tgtadm\n"
+    assert admin.chosen is admin.command
+
+
 def test_auto_falls_back_when_the_socket_speaks_something_else(tgtd: FakeTgtd) -> None:
     tgtd.answer(text=b"garbage")
     admin = AutoAdmin(Runner(), socket_admin=SocketAdmin(path=tgtd.path))
