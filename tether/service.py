@@ -319,6 +319,7 @@ class ComputeService:
     def start(self) -> None:
         self.rpc.serve(COMPUTE_TOPIC, self.conf.host, [ComputeEndpoint(self.manager)])
         self.heartbeat.start()
+        self.manager.prune_instance_files()
         resumed = self.manager.resume_unfinished()
         if self.conf.compute.sweep_interval > 0:
             self.sweeper.start()

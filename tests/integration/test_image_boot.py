@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,52 @@ def test_guest_runs_the_image_and_takes_volumes(tether: Tether) -> None:
     assert not os.path.exists(os.path.join(tether.shared, "instances", sid))  # type: ignore[attr-defined]
 
 
+def _qemu_io(overlay: str, command: str, *, readonly: bool = False) -> None:
+    flags = ["-r", "-U"] if readonly else []  # -U: read beside a running QEMU
+    done = subprocess.run(["qemu-io", *flags, "-f", "qcow2", "-c", command, overlay],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, (
+        done.stdout + done.stderr)
+
+
+def test_unshelve_boots_the_image_again_on_the_same_root_disk(tether: Tether) -> None:
+    """Shelve offloads at once here; unshelve brings back the guest that runs
+    the server's image, on the root disk it had (this host kept it)."""
+    nova = tether.nova()
+    res = nova.post("/v2.1/servers", {"server": {"name": "shelved", "flavorRef": "1",
+                                                 "imageRef": "bootsector.raw"}})
+    assert res.status_code == 202, res.text
+    sid = res.json["server"]["id"]
+    folder = Path(tether.shared, "instances", sid)  # type: ignore[attr-defined]
+    console, overlay = folder / "console.log", str(folder / "disk.qcow2")
+
+    def status() -> str:
+        return str(nova.get(f"/v2.1/servers/{sid}").json["server"]["status"])
+
+    try:
+        wait_for(lambda: status() == "ACTIVE", 30, "server ACTIVE")
+        wait_for(lambda: console.exists() and MARKER in console.read_bytes(), 30,
+                 "the boot sector's marker")
+        assert nova.post(f"/v2.1/servers/{sid}/action", {"shelve": None}).status_code == 202
+        wait_for(lambda: status() == "SHELVED_OFFLOADED", 30, "offloaded")
+        _qemu_io(overlay, "write -P 0xab 512k 4k")  # the guest's root disk, changed
+        console.unlink()  # offloaded: no QEMU writes it
+        assert nova.post(f"/v2.1/servers/{sid}/action", {"unshelve": None}).status_code == 202
+        wait_for(lambda: status() == "ACTIVE", 30, "unshelved")
+        wait_for(lambda: console.exists() and MARKER in console.read_bytes(), 30,
+                 "the image's marker again after unshelve")
+        disks = tether.virt.list_disks(sid)
+        assert overlay in [d.source for d in disks], disks
+        _qemu_io(overlay, "read -P 0xab 512k 4k", readonly=True)  # what it held is still there
+        action = tether.wait_action(nova, sid, "unshelve")
+        events = [e["event"] for e in action["events"]]
+        assert events[events.index("prepare_root_disk") + 1] == "spawn", events
+    finally:
+        nova.delete(f"/v2.1/servers/{sid}")
+        wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").status_code == 404, 30,
+                 "server deleted")
+
+
 def test_guest_boots_from_a_volume(tether: Tether) -> None:
     """The boot sector written into a volume: QEMU reads it over iSCSI and runs it."""
     nova, cinder = tether.nova(), tether.api()
@@ -124,3 +171,22 @@ def test_guest_boots_from_a_volume(tether: Tether) -> None:
     wait_for(lambda: cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] ==
              "available", 30, "boot volume released")
     assert vid not in tether.target.exports()
+
+
+def test_an_offloaded_server_is_deleted_and_its_root_disk_goes_at_the_next_start(
+        tether: Tether) -> None:
+    nova = tether.nova()
+    res = nova.post("/v2.1/servers", {"server": {"name": "gone", "flavorRef": "1",
+                                                 "imageRef": "bootsector.raw"}})
+    sid = res.json["server"]["id"]
+    folder = Path(tether.shared, "instances", sid)  # type: ignore[attr-defined]
+    wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").json["server"]["status"] == "ACTIVE",
+             30, "server ACTIVE")
+    assert nova.post(f"/v2.1/servers/{sid}/action", {"shelve": None}).status_code == 202
+    wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").json["server"]["status"] ==
+             "SHELVED_OFFLOADED", 30, "offloaded")
+    assert (folder / "disk.qcow2").exists()  # kept for an unshelve here
+    assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204
+    assert nova.get(f"/v2.1/servers/{sid}").status_code == 404
+    assert sid in tether.embedded.compute.manager.prune_instance_files()
+    assert not folder.exists()

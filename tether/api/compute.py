@@ -313,8 +313,9 @@ class DeviceMetadata(_Base):
 
 class InstanceActions(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
-        rows = self.api.list_actions(wsgi.caller(req), _server_id(server_id))
         version = wsgi.version(req)
+        rows = self.api.list_actions(wsgi.caller(req), _server_id(server_id),
+                                     read_deleted=version.at_least("2.21"))
         wsgi.reply(resp, 200, {"instanceActions": [views.instance_action(a, version)
                                                    for a in rows]})
 
@@ -323,8 +324,9 @@ class InstanceAction(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str,
                request_id: str) -> None:
         ctx = wsgi.caller(req)
-        view = self.api.get_action(ctx, _server_id(server_id), request_id)
         version = wsgi.version(req)
+        view = self.api.get_action(ctx, _server_id(server_id), request_id,
+                                   read_deleted=version.at_least("2.21"))
         show_tb = allowed(ctx, "server:instance_actions:events:traceback")
         body = views.instance_action(view.action, version)
         body["events"] = [views.action_event(e, version, show_tb) for e in view.events]

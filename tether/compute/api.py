@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, delete, func, select
 from tether import policy
 from tether.compute import flavors
 from tether.compute.rpcapi import ComputeRpcApi
+from tether.compute.teardown import release_volumes
 from tether.compute.volume_client import VolumeClient, VolumeRef
 from tether.context import RequestContext
 from tether.db import models
@@ -40,7 +41,7 @@ from tether.exceptions import (
     VolumeNotFound,
 )
 from tether.image.registry import ImageRegistry, is_image_id
-from tether.operations import Operations
+from tether.operations import ActionRef, Operations
 from tether.states import server as srv_states
 from tether.states.machine import InvalidTransition
 
@@ -84,10 +85,10 @@ class ComputeAPI:
     # -- lookups -------------------------------------------------------------
 
     def _server(self, c: Tx, ctx: RequestContext, server_id: str,
-                rule: str = "server:get") -> InstanceRecord:
+                rule: str = "server:get", read_deleted: bool = False) -> InstanceRecord:
         inst = INSTANCES.get(c, server_id)
-        if inst is None or inst.deleted or not policy.allowed(ctx, "server:get",
-                                                               inst.project_id):
+        if inst is None or (inst.deleted and not read_deleted) or not policy.allowed(
+                ctx, "server:get", inst.project_id):
             raise ServerNotFound(server_id)
         policy.authorize(ctx, rule, inst.project_id)
         return inst
@@ -207,10 +208,29 @@ class ComputeAPI:
             self._check_unlocked(ctx, inst)
             if inst.task_state == "deleting":
                 return
-            host = self._check_host_up(inst)
+            host = None if inst.host is None else self._check_host_up(inst)
             INSTANCES.update(c, inst.uuid, {"task_state": "deleting"})
         action = self.ops.start_action(ctx, server_id, "delete")
-        self.rpcapi.terminate_instance(ctx, host, server_id, action.id)
+        if host is None:
+            self._local_delete(inst, action)
+        else:
+            self.rpcapi.terminate_instance(ctx, host, server_id, action.id)
+
+    def _local_delete(self, inst: InstanceRecord, action: ActionRef) -> None:
+        """A server without a host (shelved-offloaded) has no guest and no host
+        connection to undo: its volumes are released from here and the
+        server is gone when the request returns (Nova's local delete).  Files
+        a former host kept for it (an image's root disk overlay) go at that
+        host's next start."""
+        with self.db.begin() as c:
+            bdms = self._bdms(c, inst.uuid)
+        failed = release_volumes(self.db, self.volumes, self.ops, action, bdms)
+        now = models.utcnow()
+        with self.db.begin() as c:
+            INSTANCES.update(c, inst.uuid, {
+                "vm_state": srv_states.DELETED, "task_state": None, "deleted": True,
+                "deleted_at": now, "power_state": srv_states.POWER_NOSTATE})
+        self.ops.finish_action(action, "Error" if failed else None)
 
     def power_action(self, ctx: RequestContext, server_id: str, event: str) -> None:
         """``stop`` or ``start``."""
@@ -425,9 +445,11 @@ class ComputeAPI:
 
     # -- instance actions ----------------------------------------------------
 
-    def list_actions(self, ctx: RequestContext, server_id: str) -> list[models.InstanceAction]:
+    def list_actions(self, ctx: RequestContext, server_id: str, read_deleted: bool = False
+                     ) -> list[models.InstanceAction]:
+        """``read_deleted``: a deleted server's too (microversion 2.21)."""
         with self.db.begin() as c:
-            self._server(c, ctx, server_id, "server:instance_actions")
+            self._server(c, ctx, server_id, "server:instance_actions", read_deleted)
         with self.db.session() as s:
             rows = list(s.scalars(select(models.InstanceAction).where(
                 models.InstanceAction.instance_uuid == server_id).order_by(
@@ -436,9 +458,10 @@ class ComputeAPI:
                 s.expunge(r)
             return rows
 
-    def get_action(self, ctx: RequestContext, server_id: str, request_id: str) -> ActionView:
+    def get_action(self, ctx: RequestContext, server_id: str, request_id: str,
+                   read_deleted: bool = False) -> ActionView:
         with self.db.begin() as c:
-            self._server(c, ctx, server_id, "server:instance_actions")
+            self._server(c, ctx, server_id, "server:instance_actions", read_deleted)
         with self.db.session() as s:
             action = s.scalars(select(models.InstanceAction).where(
                 models.InstanceAction.instance_uuid == server_id,

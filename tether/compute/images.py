@@ -26,6 +26,7 @@ from tether.virt.driver import ServerSpec
 
 LOG = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 FORMATS = ("raw", "qcow2")
 
 
@@ -97,3 +98,12 @@ class LocalImages:
 
     def remove(self, server_uuid: str) -> None:
         shutil.rmtree(self.instance_dir(server_uuid), ignore_errors=True)
+
+    def instance_folders(self) -> list[str]:
+        """The servers this host keeps files for (folders named by UUID)."""
+        try:
+            names = os.listdir(self.instances_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if _UUID_RE.match(n)
+                      and os.path.isdir(self.instance_dir(n)))

@@ -24,6 +24,7 @@ from tether.compute.detach import DetachFlow, DetachPolicy, Notify
 from tether.compute.images import LocalImages
 from tether.compute.locks import HostLocks
 from tether.compute.shelve import ShelveFlow
+from tether.compute.teardown import VolumeMapping, release_volumes
 from tether.compute.volume_client import VolumeClient
 from tether.connection import ConnectionInfo
 from tether.connectors.base import VolumeConnector
@@ -82,24 +83,10 @@ class ComputeManager:
         action = self._action(ctx, instance_uuid, action_id)
         with self._locked(instance_uuid):
             with self.db.session() as s:
-                inst = s.get(models.Instance, instance_uuid)
-                if inst is None:
+                if s.get(models.Instance, instance_uuid) is None:
                     return
-                image_ref = inst.image_ref
-                spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
-                                       vcpus=inst.vcpus, memory_mib=inst.memory_mb)
-            root = self._root_bdm(instance_uuid)
             try:
-                if image_ref:
-                    with self.ops.step(action, "prepare_root_disk"):
-                        spec = self.images.boot_spec(spec, image_ref)
-                if root is not None:
-                    spec = self._connect_root_volume(action, spec, root)
-                with self.ops.step(action, "spawn"):
-                    self.virt.spawn(spec)
-                if root is not None and root.attachment_id:
-                    with self.ops.step(action, "root_volume_attachment_complete"):
-                        self.volumes.attachment_complete(root.attachment_id)
+                self._spawn(action, instance_uuid)
             except Exception:
                 LOG.exception("building instance %s failed", instance_uuid)
                 self._set_state(instance_uuid, srv_states.ERROR, None)
@@ -107,6 +94,27 @@ class ComputeManager:
                 return
             self._set_state(instance_uuid, srv_states.ACTIVE, None)
             self.ops.finish_action(action)
+
+    def _spawn(self, action: ActionRef, instance_uuid: str) -> None:
+        """Start the server's guest on this host as the server says: its image
+        (root disk overlay, kernel, console, agent port) or its boot volume."""
+        with self.db.session() as s:
+            inst = s.get(models.Instance, instance_uuid)
+            assert inst is not None
+            image_ref = inst.image_ref
+            spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
+                                   vcpus=inst.vcpus, memory_mib=inst.memory_mb)
+        root = self._root_bdm(instance_uuid)
+        if image_ref:
+            with self.ops.step(action, "prepare_root_disk"):
+                spec = self.images.boot_spec(spec, image_ref)
+        if root is not None:
+            spec = self._connect_root_volume(action, spec, root)
+        with self.ops.step(action, "spawn"):
+            self.virt.spawn(spec)
+        if root is not None and root.attachment_id:
+            with self.ops.step(action, "root_volume_attachment_complete"):
+                self.volumes.attachment_complete(root.attachment_id)
 
     def _root_bdm(self, instance_uuid: str) -> models.BlockDeviceMapping | None:
         with self.db.session() as s:
@@ -178,18 +186,7 @@ class ComputeManager:
         try:
             self.virt.power_state(instance_uuid)
         except virt.InstanceNotFound:  # offloaded: the guest comes back on this host
-            with self.db.session() as s:
-                inst = s.get(models.Instance, instance_uuid)
-                assert inst is not None
-                spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
-                                       vcpus=inst.vcpus, memory_mib=inst.memory_mb)
-            root = self._root_bdm(instance_uuid)
-            if root is not None:
-                spec = self._connect_root_volume(action, spec, root)
-            with self.ops.step(action, "spawn"):
-                self.virt.spawn(spec)
-            if root is not None and root.attachment_id:
-                self.volumes.attachment_complete(root.attachment_id)
+            self._spawn(action, instance_uuid)
             self.shelving.reconnect(instance_uuid, action)
         else:
             with self.ops.step(action, "power_on"):
@@ -241,18 +238,9 @@ class ComputeManager:
                     models.BlockDeviceMapping.deleted.is_(False))).all())
                 for b in bdms:
                     s.expunge(b)
-            failed = 0
-            for bdm in bdms:
-                if bdm.volume_id is None:
-                    continue
-                try:  # the guest is gone: each volume is cleaned on its own
-                    with self.ops.step(action, f"detach_volume:{bdm.volume_id}"):
-                        self._cleanup_volume(bdm)
-                except Exception:
-                    failed += 1
-                    LOG.exception("deleting instance %s: volume %s could not be cleaned up; "
-                                  "its attachment stays for an operator", instance_uuid,
-                                  bdm.volume_id)
+            # the guest is gone: each volume is cleaned on its own
+            failed = release_volumes(self.db, self.volumes, self.ops, action, bdms,
+                                     disconnect=self._disconnect_for_delete)
             with self.db.session() as s:
                 inst = s.get(models.Instance, instance_uuid)
                 if inst is not None:
@@ -261,19 +249,11 @@ class ComputeManager:
                     inst.power_state = srv_states.POWER_NOSTATE
             self.ops.finish_action(action, "Error" if failed else None)
 
-    def _cleanup_volume(self, bdm: models.BlockDeviceMapping) -> None:
+    def _disconnect_for_delete(self, bdm: VolumeMapping) -> None:
         assert bdm.volume_id is not None
         if bdm.connection_info and not self.detach._other_users_on_host(
                 bdm.instance_uuid, bdm.volume_id):
             self.connector.disconnect(ConnectionInfo.from_dict(bdm.connection_info))
-        if bdm.attachment_id:
-            self.volumes.attachment_delete(bdm.attachment_id)
-        with self.db.session() as s:
-            row = s.get(models.BlockDeviceMapping, bdm.id)
-            if row is not None:
-                row.deleted, row.deleted_at = True, models.utcnow()
-        if bdm.delete_on_termination:
-            self.volumes.delete_volume(bdm.volume_id)
 
     # -- volumes -------------------------------------------------------------
 
@@ -304,6 +284,26 @@ class ComputeManager:
                             self._action(ctx, instance_uuid, action_id))
 
     # -- start-up ------------------------------------------------------------
+
+    def prune_instance_files(self) -> list[str]:
+        """Remove the folders (console log, root disk overlay ...) of servers
+        that are deleted or unknown: a server deleted while no host had it
+        (shelved-offloaded) leaves its former host's folder behind.  Folders
+        of live servers stay, whichever host runs them (an instances folder
+        may be shared) or none (an offloaded server unshelved here boots on
+        the root disk it had)."""
+        folders = self.images.instance_folders()
+        if not folders:
+            return []
+        with self.db.session() as s:
+            live = set(s.scalars(select(models.Instance.uuid).where(
+                models.Instance.uuid.in_(folders), models.Instance.deleted.is_(False))))
+        gone = [uuid for uuid in folders if uuid not in live]
+        for uuid in gone:
+            LOG.info("removing the files of deleted server %s", uuid)
+            self.images.remove(uuid)
+        return gone
+
 
     def resume_unfinished(self, older_than: float | None = None) -> int:
         """Operations a crash interrupted (or whose message was lost): a detach

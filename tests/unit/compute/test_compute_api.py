@@ -522,3 +522,18 @@ def test_shelve_offloads_at_once_by_default(tether: Tether) -> None:
              "SHELVED_OFFLOADED", what="offloaded")
     assert sid not in _virt(tether).guests
     assert _status(cinder, vid) == "reserved"
+
+
+def test_a_deleted_servers_actions_are_shown_from_221(tether: Tether) -> None:
+    nova = tether.nova()
+    sid = tether.create_server(nova)["id"]
+    assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204
+    wait_for(lambda: nova.get(f"/v2.1/servers/{sid}").status_code == 404, what="deleted")
+    url = f"/v2.1/servers/{sid}/os-instance-actions"
+    assert nova.as_version("2.20").get(url).status_code == 404
+    rows = nova.as_version("2.21").get(url).json["instanceActions"]
+    assert [r["action"] for r in rows] == ["delete", "create"]
+    one = nova.as_version("2.21").get(f"{url}/{rows[0]['request_id']}")
+    assert one.status_code == 200 and one.json["instanceAction"]["action"] == "delete"
+    other = tether.nova("bob:p2").as_version("2.21")
+    assert other.get(url).status_code == 404  # still only the owner's

@@ -3,6 +3,7 @@ offloaded server (microversion 2.20)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -91,3 +92,45 @@ def test_shelve_offload_is_admin_only_and_state_checked(tether: Tether) -> None:
     nova, _, sid, _ = tether.server_with_volume()
     assert nova.post(f"/v2.1/servers/{sid}/action", {"shelveOffload": None}).status_code == 403
     assert nova.post(f"/v2.1/servers/{sid}/action", {"unshelve": None}).status_code == 409
+
+
+def test_an_offloaded_server_is_deleted_by_the_api_with_its_volumes(tether: Tether) -> None:
+    """No host has the server: the API releases its volumes itself (Nova's
+    local delete) and the server is gone when the request returns."""
+    nova, cinder, sid, vid = tether.server_with_volume()
+    kept = tether.create_volume(cinder)["id"]
+    res = nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
+                    {"volumeAttachment": {"volumeId": kept, "delete_on_termination": True}})
+    assert res.status_code == 200, res.text
+    tether.wait_action(nova, sid, "attach_volume")
+    _act(tether, nova, sid, "shelve", "SHELVED")
+    _act(tether, tether.nova("admin:p1"), sid, "shelveOffload", "SHELVED_OFFLOADED")
+    connector = tether.connector
+    assert isinstance(connector, FakeConnector)
+    calls_before = list(connector.calls)
+
+    assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204
+    assert nova.get(f"/v2.1/servers/{sid}").status_code == 404
+    assert _status(cinder, f"/v3/volumes/{vid}", "volume") == "available"
+    assert cinder.get(f"/v3/volumes/{kept}").status_code == 404  # delete_on_termination
+    assert connector.calls == calls_before  # no host work
+    assert cinder.get(f"/v3/attachments?volume_id={vid}").json["attachments"] == []
+    action = tether.wait_action(tether.nova("admin:p1"), sid, "delete")
+    assert not action["message"]
+    assert sorted(e["event"] for e in action["events"]) == sorted(
+        [f"detach_volume:{vid}", f"detach_volume:{kept}"])
+
+
+def test_a_hosts_start_removes_the_files_of_deleted_servers(tether: Tether) -> None:
+    nova = tether.nova()
+    live = tether.create_server(nova)["id"]
+    gone = tether.create_server(nova)["id"]
+    assert nova.delete(f"/v2.1/servers/{gone}").status_code == 204
+    wait_for(lambda: nova.get(f"/v2.1/servers/{gone}").status_code == 404, what="deleted")
+    manager = tether.embedded.compute.manager
+    unknown = "0b0b0b0b-0000-4000-8000-000000000000"
+    for name in (live, gone, unknown, "not-a-server"):
+        os.makedirs(manager.images.instance_dir(name), exist_ok=True)
+    assert sorted(manager.prune_instance_files()) == sorted([gone, unknown])
+    left = set(os.listdir(manager.images.instances_dir))
+    assert {live, "not-a-server"} <= left and not {gone, unknown} & left
