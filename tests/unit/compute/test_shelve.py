@@ -112,7 +112,8 @@ def test_an_offloaded_server_is_deleted_by_the_api_with_its_volumes(tether: Teth
     assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204
     assert nova.get(f"/v2.1/servers/{sid}").status_code == 404
     assert _status(cinder, f"/v3/volumes/{vid}", "volume") == "available"
-    assert cinder.get(f"/v3/volumes/{kept}").status_code == 404  # delete_on_termination
+    wait_for(lambda: cinder.get(f"/v3/volumes/{kept}").status_code == 404,
+             what="the delete_on_termination volume deleted")  # the volume service's work
     assert connector.calls == calls_before  # no host work
     assert cinder.get(f"/v3/attachments?volume_id={vid}").json["attachments"] == []
     action = tether.wait_action(tether.nova("admin:p1"), sid, "delete")
