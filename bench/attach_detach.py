@@ -30,7 +30,7 @@ API to be ``available`` with no attachment.
 Prints p50/p95 of each, the ratios and the CPU; writes JSON under
 bench/results/.
 
-Usage: .venv/bin/python bench/attach_detach.py [--cycles 20]
+Usage: .venv/bin/python bench/attach_detach.py [--cycles 30] [--watch db|api] [--serve-from DIR]
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def start_serve(state: str, code: str | None = None) -> subprocess.Popen[bytes]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cycles", type=int, default=20)
+    ap.add_argument("--cycles", type=int, default=30)
     ap.add_argument("--watch", choices=["db", "api"], default="db",
                     help="how to see an operation end (see the module's docstring)")
     ap.add_argument("--serve-from", metavar="DIR",
@@ -288,7 +288,8 @@ def main() -> int:
     polls = (f"; its cost of the benchmark's {statistics.median(n for _, n in cpu):.0f} "
              f"status polls per cycle, {poll_cpu * 1000:.2f} ms each, excluded"
              if args.watch == "api" else "; the end of each operation read from its database")
-    print(f"tether serve CPU per operation: {cpu_ms:.1f} ms (target <= 8{polls})")
+    print(f"tether serve CPU per operation: {cpu_ms:.1f} ms (target <= 8{polls}); "
+          f"cycles' p25-p75 {pct(per_op, 0.25):.1f}-{pct(per_op, 0.75):.1f} ms")
     out = {"cycles": args.cycles, "watch": args.watch, "table": table, "ratio_p50": ratio,
            "ratio_p50_socket_floor": strict, "cpu_ms_per_op": cpu_ms,
            "cpu_ms_per_op_by_cycle": per_op,
