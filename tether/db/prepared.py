@@ -12,11 +12,11 @@ text, SQLite's text datetimes, integer booleans — done here.
 
 Statements are still written with SQLAlchemy Core against the models'
 tables, so they stay portable (SQLite, PostgreSQL, MariaDB; the same tests
-run on all three), and they take part in the caller's SQLAlchemy transaction
-(``Database.begin()``): same connection, same commit or rollback.  Only
-statements whose parameters are all known when compiled can be prepared: a
-list bound at execution time (an expanding ``IN``) must go through
-SQLAlchemy.
+run on all three), and they run in the caller's transaction
+(``Database.begin()``, a :class:`~tether.db.api.Tx`): same connection, same
+commit or rollback.  Only statements whose parameters are all known when
+compiled can be prepared: a list bound at execution time (an expanding
+``IN``) must go through ``Tx.execute`` (SQLAlchemy).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Dialect
 from sqlalchemy.sql import ClauseElement, sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
@@ -143,13 +143,10 @@ class Prepared:
         from_db = tuple((i, c) for i, t in enumerate(types) if (c := _from_db(t)) is not None)
         return _Plan(compiled.string, order, to_db, fixed, from_db)
 
-    def _cursor(self, conn: Tx | Connection) -> tuple[Any, _Plan]:
-        plan = self._plan(conn.dialect)
-        if isinstance(conn, Tx):
-            return conn.dbapi.cursor(), plan
-        return conn.connection.dbapi_connection.cursor(), plan  # type: ignore[union-attr]
+    def _cursor(self, conn: Tx) -> tuple[Any, _Plan]:
+        return conn.dbapi.cursor(), self._plan(conn.dialect)
 
-    def rows(self, conn: Tx | Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, conn: Tx, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         cursor, plan = self._cursor(conn)
         try:
             cursor.execute(plan.sql, plan.parameters(params))
@@ -157,7 +154,7 @@ class Prepared:
         finally:
             cursor.close()
 
-    def first(self, conn: Tx | Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, conn: Tx, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         cursor, plan = self._cursor(conn)
         try:
             cursor.execute(plan.sql, plan.parameters(params))
@@ -166,7 +163,7 @@ class Prepared:
         finally:
             cursor.close()
 
-    def run(self, conn: Tx | Connection, params: Mapping[str, Any]) -> int:
+    def run(self, conn: Tx, params: Mapping[str, Any]) -> int:
         """Execute; the number of rows it changed."""
         cursor, plan = self._cursor(conn)
         try:
@@ -175,7 +172,7 @@ class Prepared:
         finally:
             cursor.close()
 
-    def run_many(self, conn: Tx | Connection, params: Sequence[Mapping[str, Any]]) -> None:
+    def run_many(self, conn: Tx, params: Sequence[Mapping[str, Any]]) -> None:
         cursor, plan = self._cursor(conn)
         try:
             cursor.executemany(plan.sql, [plan.parameters(p) for p in params])

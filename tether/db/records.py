@@ -26,7 +26,6 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import (
     Column,
     ColumnDefault,
-    Connection,
     Select,
     Table,
     bindparam,
@@ -172,11 +171,11 @@ class Gateway(Generic[R]):
     def fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.record))  # type: ignore[arg-type]
 
-    def get(self, conn: Tx | Connection, pk: Any) -> R | None:
+    def get(self, conn: Tx, pk: Any) -> R | None:
         row = self._by_pk.first(conn, {"pk_": pk})
         return self.record(*row) if row is not None else None
 
-    def all(self, conn: Tx | Connection, stmt: Select[Any] | Prepared,
+    def all(self, conn: Tx, stmt: Select[Any] | Prepared,
             params: Mapping[str, Any] | None = None) -> list[R]:
         """Records of ``stmt`` (built from :attr:`select`; :class:`Prepared` on
         the hot paths)."""
@@ -184,13 +183,13 @@ class Gateway(Generic[R]):
             return [self.record(*row) for row in stmt.rows(conn, params or {})]
         return [self.record(*row) for row in conn.execute(stmt, params or {})]
 
-    def first(self, conn: Tx | Connection, stmt: Select[Any] | Prepared,
+    def first(self, conn: Tx, stmt: Select[Any] | Prepared,
               params: Mapping[str, Any] | None = None) -> R | None:
         row = (stmt.first(conn, params or {}) if isinstance(stmt, Prepared)
                else conn.execute(stmt, params or {}).first())
         return self.record(*row) if row is not None else None
 
-    def insert(self, conn: Tx | Connection, values: Mapping[str, Any]) -> R:
+    def insert(self, conn: Tx, values: Mapping[str, Any]) -> R:
         """Insert a row (the columns' Python defaults apply) and return it as a
         record (with what the database assigned, e.g. an autoincrement id)."""
         row = dict(values)
@@ -209,7 +208,7 @@ class Gateway(Generic[R]):
         assert inserted is not None
         return self.record(*inserted)
 
-    def update(self, conn: Tx | Connection, pk: Any, values: Mapping[str, Any],
+    def update(self, conn: Tx, pk: Any, values: Mapping[str, Any],
                expected: Expected | None = None) -> bool:
         """``UPDATE ... SET values WHERE pk AND each expected column holds (one
         of) its expected value(s)``; True if the row was updated.  The state

@@ -31,7 +31,6 @@ import re
 import socket
 import struct
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -307,6 +306,3 @@ def codes(*names: str) -> frozenset[str]:
         raise ValueError(f"unknown tgtd error codes {sorted(unknown)}")
     return frozenset(names)
 
-
-__all__: Sequence[str] = ("AdminError", "AutoAdmin", "CommandAdmin", "Request", "SocketAdmin",
-                          "TgtAdmin", "TgtdNotRunning", "codes", "make_admin")
