@@ -14,11 +14,15 @@ from typing import Any
 import falcon.testing
 import oslo_messaging as messaging
 from oslo_config import cfg
+from sqlalchemy import select, update
 
 from tether import config
+from tether.compute.repository import ComputeRepository
 from tether.connectors.base import VolumeConnector
+from tether.context import RequestContext
+from tether.db import models
 from tether.db.api import Database
-from tether.db.records import BDMS
+from tether.db.records import BdmRecord
 from tether.messaging import transport as tr
 from tether.notifications import TOPIC
 from tether.service import Drivers, Embedded
@@ -222,8 +226,57 @@ def add_old_flow_bdm(db: Database, server_id: str, volume_id: str,
     """A block device mapping as the old attach flow left it: no attachment
     id, the connection_info (maybe with a stashed connector) kept on it."""
     with db.begin() as c:
-        BDMS.insert(c, {"uuid": str(uuid.uuid4()), "instance_uuid": server_id,
-                        "volume_id": volume_id, "attachment_id": None,
-                        "device_name": "/dev/sdb", "disk_bus": "scsi",
-                        "source_type": "volume", "destination_type": "volume",
-                        "connection_info": connection_info})
+        ComputeRepository.claim_bdm(c, {
+            "uuid": str(uuid.uuid4()), "instance_uuid": server_id, "volume_id": volume_id,
+            "attachment_id": None, "device_name": "/dev/sdb", "disk_bus": "scsi",
+            "source_type": "volume", "destination_type": "volume",
+            "connection_info": connection_info})
+
+
+# -- what another process, another host or a crash did: direct writes ---------
+
+def set_row(db: Database, model: type[models.Base], key: Any, **values: Any) -> None:
+    """Change a row behind Tether's back (a test's setup only)."""
+    table: Any = model.__table__
+    (pk,) = table.primary_key.columns
+    with db.engine.begin() as c:
+        c.execute(update(table).where(pk == key).values(**values))
+
+
+def db_rows(db: Database, model: type[models.Base], **where: Any) -> list[Any]:
+    table: Any = model.__table__
+    with db.engine.connect() as c:
+        return list(c.execute(select(table).where(
+            *[table.c[k] == v for k, v in where.items()])).all())
+
+
+def bdm_of(db: Database, server_id: str, volume_id: str) -> BdmRecord:
+    with db.begin() as c:
+        bdm = ComputeRepository.live_bdm(c, server_id, volume_id)
+    assert bdm is not None, f"no mapping of {volume_id} on {server_id}"
+    return bdm
+
+
+def queued(t: Tether, server_id: str, action: str, volume_id: str | None = None,
+           args: dict[str, Any] | None = None, token: str = "alice:p1") -> int:
+    """An operation as the API hands it to the host (queued), but not cast."""
+    user, _, project = token.partition(":")
+    api = t.embedded.api.compute_api
+    with t.db.begin() as c:
+        return api.ops.new(c, RequestContext(user, project), server_id, action,
+                           status="queued", resource_id=volume_id, args=args).id
+
+
+def queued_detach(t: Tether, server_id: str, volume_id: str) -> int:
+    """What the API does for a detach (begin_detaching, the operation
+    queued) without the cast: the host runs it when the test says."""
+    t.api("admin:p1").post(f"/v3/volumes/{volume_id}/action", {"os-begin_detaching": {}})
+    bdm = bdm_of(t.db, server_id, volume_id)
+    return queued(t, server_id, "detach_volume", volume_id, {
+        "bdm": bdm.uuid, "attachment": bdm.attachment_id, "offloaded": False})
+
+
+def run_on_host(t: Tether, server_id: str, action_id: int) -> bool:
+    """The host takes the operation, as the cast would make it."""
+    return t.embedded.compute.manager.run_operation(
+        RequestContext("alice", "p1"), server_id, action_id)

@@ -220,6 +220,11 @@ def volume_endpoint(conf: cfg.ConfigOpts) -> str:
     return f"http://{host}:{conf.api.volume_port}/v3"
 
 
+def compute_endpoint(conf: cfg.ConfigOpts) -> str:
+    """The Compute API's URL (what block storage asks about servers)."""
+    return f"http://{_local(conf.api.bind_host)}:{conf.api.compute_port}/v2.1"
+
+
 def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
     """For oslo-config-generator and `tether config sample`."""
     return [

@@ -47,7 +47,9 @@ class RequestContext:
         )
 
 
-def admin_context(user_id: str = "tether", project_id: str = "service") -> RequestContext:
-    """Context for work a service does on its own (reconcile, sweeper)."""
+def admin_context(user_id: str = "tether", project_id: str = "service",
+                  request_id: str | None = None) -> RequestContext:
+    """Context for work a service does on its own (reconcile, sweeper);
+    ``request_id``: of the request whose operation it finishes."""
     return RequestContext(user_id, project_id, ("admin", "service"), is_admin=True,
-                          is_service=True)
+                          is_service=True, request_id=request_id or new_request_id())

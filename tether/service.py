@@ -1,24 +1,24 @@
 """Process composition: which services run where.
 
-``tether serve`` = API + volume service (+ compute, later) in one process over
-``tether-inproc://`` and SQLite; ``tether api`` / ``tether volume`` run the
-same objects in separate processes over RabbitMQ and PostgreSQL/MariaDB.
+``tether serve`` = APIs + volume service + compute service in one process
+over ``tether-inproc://`` and SQLite; ``tether service api|volume|compute``
+run the same objects in separate processes over RabbitMQ and
+PostgreSQL/MariaDB.  Each service registers itself (a new incarnation per
+start, ``tether.db.services``) and recovers, on start and periodically, what
+a crash left to it (``tether.compute.recovery``, ``VolumeManager.reconcile``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import secrets
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from oslo_config import cfg
-from sqlalchemy import bindparam, func, select, update
 from waitress.server import create_server
 
 from tether import config
@@ -26,33 +26,39 @@ from tether.api import block_storage, compute, image
 from tether.api.auth import NoAuth
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
+from tether.compute.connections import HostConnections
 from tether.compute.detach import DetachPolicy
 from tether.compute.images import LocalImages
 from tether.compute.locks import HostLocks
 from tether.compute.manager import ComputeEndpoint, ComputeManager
+from tether.compute.recovery import ApiRecovery, HostRecovery
+from tether.compute.repository import ComputeRepository
 from tether.compute.rpcapi import ComputeRpcApi
-from tether.compute.volume_client import HttpTransport, Transport, VolumeClient, WsgiTransport
+from tether.compute.volume_client import VolumeClient
 from tether.connectors.base import VolumeConnector
 from tether.connectors.initiator import host_initiator_iqn
 from tether.connectors.iscsi_direct import IscsiDirectConnector
-from tether.db import migrate, models
+from tether.db import migrate, services
 from tether.db.api import Database
-from tether.db.prepared import Prepared
-from tether.db.records import SERVICES, ServiceRecord, by
+from tether.db.records import ServiceRecord
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
 from tether.image.registry import ImageRegistry
 from tether.notifications import Notifier
+from tether.restclient import HttpTransport, Transport, WsgiTransport
 from tether.rpc import COMPUTE_TOPIC, VOLUME_TOPIC, Rpc
 from tether.virt.driver import VirtDriver
 from tether.volume.api import VolumeAPI
 from tether.volume.backends.file import FileBackend
+from tether.volume.compute_client import ComputeClient
 from tether.volume.manager import VolumeManager
+from tether.volume.repository import VolumeRepository
 from tether.volume.rpcapi import VolumeEndpoint, VolumeRpcApi
 from tether.volume.targets.base import TargetDriver
 
 LOG = logging.getLogger(__name__)
 VOLUME_BINARY = "tether-volume"
+API_BINARY = "tether-api"
 REPORT_INTERVAL = 10.0
 
 
@@ -113,39 +119,20 @@ class Periodic:
             self._thread.join(timeout=5)
 
 
-_S = SERVICES.columns
-_BEAT = Prepared(update(SERVICES.table).where(_S["uuid"] == bindparam("uuid")).values(
-    {"last_seen_at": bindparam("now"), "report_count": _S["report_count"] + 1,
-     "updated_at": bindparam("now")}))
-_LIVE_SERVICES = Prepared(by(SERVICES, _S["binary"] == bindparam("binary"),
-                             _S["disabled"].is_(False), _S["last_seen_at"] >= bindparam("cutoff")))
-
-
 class Heartbeat:
-    """Registers a service row and keeps its ``last_seen_at`` fresh."""
+    """Registers this process's service row (a new incarnation) and keeps its
+    ``last_seen_at`` fresh."""
 
     def __init__(self, db: Database, host: str, binary: str, topic: str,
                  interval: float = REPORT_INTERVAL) -> None:
         self.db, self.host, self.binary, self.topic = db, host, binary, topic
-        self.uuid = self._register()
+        row = services.register(db, host, binary, topic)
+        self.uuid = row.uuid
+        self.incarnation: str = row.incarnation or ""
         self._periodic = Periodic(f"heartbeat-{binary}", interval, self.beat)
 
-    def _register(self) -> str:
-        with self.db.session() as s:
-            row = s.scalars(select(models.Service).where(
-                models.Service.host == self.host, models.Service.binary == self.binary)).first()
-            if row is None:
-                row = models.Service(uuid=str(uuid.uuid4()), host=self.host,
-                                     binary=self.binary, topic=self.topic, disabled=False,
-                                     report_count=0, deleted=False,
-                                     created_at=models.utcnow())
-                s.add(row)
-            row.last_seen_at = models.utcnow()
-            return row.uuid
-
     def beat(self) -> None:
-        with self.db.begin() as c:
-            _BEAT.run(c, {"uuid": self.uuid, "now": models.utcnow()})
+        services.beat(self.db, self.uuid)
 
     def start(self) -> None:
         self._periodic.start()
@@ -156,23 +143,20 @@ class Heartbeat:
 
 def live_services(db: Database, binary: str, down_after: float) -> list[ServiceRecord]:
     """Services of ``binary`` with a heartbeat in the last ``down_after`` seconds."""
-    cutoff = models.utcnow() - dt.timedelta(seconds=down_after)
-    with db.begin() as c:
-        return SERVICES.all(c, _LIVE_SERVICES, {"binary": binary, "cutoff": cutoff})
+    return services.live(db, binary, down_after)
 
 
-def volume_host_picker(db: Database, down_after: float) -> Any:
+def volume_host_picker(repo: VolumeRepository, down_after: float) -> Any:
     """The scheduler, for now: the live volume service with the fewest volumes."""
 
     def pick() -> tuple[str, str]:
-        services = live_services(db, VOLUME_BINARY, down_after)
-        if not services:
+        live = live_services(repo.db, VOLUME_BINARY, down_after)
+        if not live:
             raise ServiceUnavailable("No volume service is up to create the volume on; start "
                                      "`tether volume` (or `tether serve`).")
-        with db.session() as s:
-            counts = dict(s.execute(select(models.Volume.host, func.count()).where(
-                models.Volume.deleted.is_(False)).group_by(models.Volume.host)).all())
-        best = min(services, key=lambda sv: (counts.get(sv.host, 0), sv.host))
+        with repo.begin() as c:
+            counts = repo.volume_counts(c)
+        best = min(live, key=lambda sv: (counts.get(sv.host, 0), sv.host))
         return best.host, best.uuid
 
     return pick
@@ -202,16 +186,18 @@ class VolumeService:
         self.conf = conf
         self.host = f"{conf.host}@{conf.volume.backend_name}"
         self.target = target if target is not None else make_target(conf)
-        self.manager = VolumeManager(db, FileBackend(config.volumes_dir(conf)), self.target,
-                                     self.host)
+        self.manager = VolumeManager(VolumeRepository(db), FileBackend(config.volumes_dir(conf)),
+                                     self.target, self.host,
+                                     stale_after=conf.compute.operation_timeout)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, self.host, VOLUME_BINARY, VOLUME_TOPIC)
-        # heals what a tgtd restart takes away while this service keeps running
+        # heals what a tgtd restart takes away while this service keeps running,
+        # and finishes what a lost message or a crashed request left
         self.reconciler = Periodic("volume-reconcile", conf.volume.reconcile_interval,
                                    self.manager.reconcile)
 
     def start(self) -> None:
-        self.manager.reconcile()
+        self.manager.reconcile(at_start=True)
         self.rpc.serve(VOLUME_TOPIC, self.host, [VolumeEndpoint(self.manager)])
         self.heartbeat.start()
         if self.conf.volume.reconcile_interval > 0:
@@ -306,25 +292,28 @@ class ComputeService:
         images = LocalImages(config.images_dir(conf), config.instances_dir(conf),
                              ProcessRunner(), ImageRegistry(db, config.images_dir(conf)))
         self.notifier = Notifier(conf, f"compute.{conf.host}")
-        self.manager = ComputeManager(db, self.virt, self.connector, self.volumes, conf.host,
-                                      policy, images, self.notifier.emit,
-                                      HostLocks(config.lock_dir(conf)),
-                                      conf.compute.shelved_offload_time)
+        repo = ComputeRepository(db, self.notifier.emit)
+        connections = HostConnections(repo, self.connector, conf.host,
+                                      HostLocks(config.lock_dir(conf)))
+        self.manager = ComputeManager(repo, self.virt, connections, self.volumes, conf.host,
+                                      policy, images, conf.compute.shelved_offload_time)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
-        timeout = conf.compute.operation_timeout
+        self.manager.ops.owner = self.heartbeat.incarnation
+        self.recovery = HostRecovery(db, self.manager, conf.compute.service_down_time,
+                                     conf.compute.operation_timeout)
         self.sweeper = Periodic("operation-sweeper", conf.compute.sweep_interval,
-                                lambda: self.manager.resume_unfinished(older_than=timeout))
+                                self.recovery.run)
 
     def start(self) -> None:
         self.rpc.serve(COMPUTE_TOPIC, self.conf.host, [ComputeEndpoint(self.manager)])
         self.heartbeat.start()
         self.manager.prune_instance_files()
-        resumed = self.manager.resume_unfinished()
+        recovered = self.recovery.run(at_start=True)
         if self.conf.compute.sweep_interval > 0:
             self.sweeper.start()
-        LOG.info("compute service %s up (%d interrupted operation(s) handled)",
-                 self.conf.host, resumed)
+        LOG.info("compute service %s up (%d interrupted operation(s) recovered)",
+                 self.conf.host, recovered)
 
     def stop(self) -> None:
         self.sweeper.stop()
@@ -334,30 +323,51 @@ class ComputeService:
 
 
 class ApiService:
+    """Both APIs (and the image API) of one process.  Each API reaches the
+    other side only through that side's REST API, here in process."""
+
     def __init__(self, conf: cfg.ConfigOpts, db: Database, rpc: Rpc,
                  volume_in_process: bool = False) -> None:
         self.conf = conf
         down = conf.compute.service_down_time
-        auth = NoAuth(conf.api.admin_user, service_token(conf), conf.api.default_project)
-        self.volume_api = VolumeAPI(
-            db, VolumeRpcApi(rpc), volume_host_picker(db, down),
-            in_use=_bdm_in_use(db), shared_targets=conf.volume.shared_targets)
+        token = service_token(conf)
+        auth = NoAuth(conf.api.admin_user, token, conf.api.default_project)
+        volumes = VolumeRepository(db)
+        # (the compute app is made below: block storage reaches it once running)
+        computes = ComputeClient(WsgiTransport(self._call_compute, config.compute_endpoint(
+            conf)), token)
+        self.volume_api = VolumeAPI(volumes, VolumeRpcApi(rpc),
+                                    volume_host_picker(volumes, down),
+                                    in_use=computes.server_uses_volume,
+                                    shared_targets=conf.volume.shared_targets)
         self.volume_app = block_storage.create_app(self.volume_api, auth)
         endpoint = config.volume_endpoint(conf)
         self.volume_transport: Transport = (
             WsgiTransport(self.volume_app, endpoint) if volume_in_process
             else HttpTransport(endpoint, timeout=60.0))
-        self.volume_client = VolumeClient(self.volume_transport, service_token(conf))
+        self.volume_client = VolumeClient(self.volume_transport, token)
         self.images = ImageRegistry(db, config.images_dir(conf))
         self.compute_api = ComputeAPI(
-            db, ComputeRpcApi(rpc), self.volume_client,
+            ComputeRepository(db), ComputeRpcApi(rpc), self.volume_client,
             lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],
             default_bus=conf.compute.disk_bus, images=self.images)
         self.compute_app = compute.create_app(self.compute_api, auth)
         self.image_app = image.create_app(self.images, auth)
+        self.heartbeat = Heartbeat(db, conf.host, API_BINARY, "api")
+        self.compute_api.ops.owner = self.heartbeat.incarnation
+        self.recovery = ApiRecovery(db, self.compute_api, down,
+                                    conf.compute.operation_timeout)
+        self.sweeper = Periodic("api-sweeper", conf.compute.sweep_interval, self.recovery.run)
         self.servers: list[HttpServer] = []
 
+    def _call_compute(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.compute_app(environ, start_response)
+
     def start(self) -> None:
+        self.heartbeat.start()
+        self.recovery.run()
+        if self.conf.compute.sweep_interval > 0:
+            self.sweeper.start()
         api = self.conf.api
         self.servers.append(serve_http("block-storage", self.volume_app, api.bind_host,
                                        api.volume_port, api.threads))
@@ -370,21 +380,9 @@ class ApiService:
         for srv in self.servers:
             srv.stop()
         self.servers.clear()
+        self.sweeper.stop()
+        self.heartbeat.stop()
         self.volume_client.close()
-
-
-def _bdm_in_use(db: Database) -> Any:
-    """CVE-2023-2088: block storage asks compute whether a server still has the
-    volume before a non-service caller may delete its attachment."""
-
-    def in_use(instance_uuid: str, volume_id: str) -> bool:
-        with db.session() as s:
-            return s.scalars(select(models.BlockDeviceMapping.id).where(
-                models.BlockDeviceMapping.instance_uuid == instance_uuid,
-                models.BlockDeviceMapping.volume_id == volume_id,
-                models.BlockDeviceMapping.deleted.is_(False))).first() is not None
-
-    return in_use
 
 
 class Embedded:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Api, Tether, connector, wait_for
+from tests.harness import Api, Tether, connector, set_row, wait_for
 from tests.integration.daemons import Tgtd, iscsi_inq
 from tether.connectors.fake import FakeConnector
+from tether.db import models
 from tether.executor import ProcessRunner
 from tether.virt.fake import FakeDriver
 from tether.volume.targets.tgt import TgtTarget
@@ -127,11 +128,7 @@ def test_stray_export_removed_on_start(tmp_path: Any, tgtd: Tgtd) -> None:
         admin = t.api(ADMIN)
         vid = t.create_volume(admin)["id"]
         _attach(admin, vid, A)
-        with t.db.session() as s:
-            from tether.db import models
-            row = s.get(models.Volume, vid)
-            assert row is not None
-            row.deleted = True
+        set_row(t.db, models.Volume, vid, deleted=True)
     finally:
         t.stop()
     t = _start(str(tmp_path), tgtd)

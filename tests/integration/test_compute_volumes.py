@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Api, wait_for
+from tests.harness import Api, db_rows, wait_for
 from tests.integration.daemons import Tgtd
 from tests.integration.stack import RealTether, domain_xml, real_tether, secret_exists, server
+from tether.compute.operations import DETACH_STEPS
 from tether.db import models
-from tether.operations import DETACH_STEPS
 from tether.virt.driver import disk_alias
 
 
@@ -67,9 +67,8 @@ def test_attach_then_detach_end_states(tether: RealTether, tgtd: Tgtd) -> None:
     assert vid not in tether.target.exports()
     assert f"volume-{vid}" not in tgtd.show()
     assert not secret_exists(vid)
-    with tether.db.session() as s:
-        bdm = s.query(models.BlockDeviceMapping).filter_by(volume_id=vid).one()
-        assert bdm.deleted and bdm.deleted_at is not None
+    (bdm,) = db_rows(tether.db, models.BlockDeviceMapping, volume_id=vid)
+    assert bdm.deleted and bdm.deleted_at is not None and bdm.live_volume is None
     assert nova.get(f"/v2.1/servers/{sid}/os-volume_attachments").json[
         "volumeAttachments"] == []
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Api, add_old_flow_bdm, wait_for
+from tests.harness import Api, add_old_flow_bdm, bdm_of, db_rows, set_row, wait_for
 from tests.integration.daemons import Tgtd
 from tests.integration.stack import RealTether, domain_xml, real_tether, secret_exists, server
 from tether.connection import ConnectionInfo
@@ -141,17 +141,12 @@ OLD_HOST, OLD_IQN = "old-host", "iqn.2026-11.org.example:old-host"
 
 
 def _bdm_deleted(t: RealTether, sid: str, vid: str) -> bool:
-    with t.db.session() as s:
-        bdm = s.query(models.BlockDeviceMapping).filter_by(instance_uuid=sid,
-                                                          volume_id=vid).one()
-        return bool(bdm.deleted and bdm.deleted_at is not None)
+    (bdm,) = db_rows(t.db, models.BlockDeviceMapping, instance_uuid=sid, volume_id=vid)
+    return bool(bdm.deleted and bdm.deleted_at is not None)
 
 
 def _set_host(t: RealTether, sid: str, host: str) -> None:
-    with t.db.session() as s:
-        inst = s.get(models.Instance, sid)
-        assert inst is not None
-        inst.host = host
+    set_row(t.db, models.Instance, sid, host=host)
 
 
 @contextlib.contextmanager
@@ -270,9 +265,9 @@ def test_server_registered_elsewhere_keeps_the_guest_disk_but_cleans_storage(
     sid = server(tether, nova)
     vid = tether.create_volume(cinder)["id"]
     _attach(tether, nova, sid, vid)
-    with tether.db.session() as s:
-        info = ConnectionInfo.from_dict(s.query(models.BlockDeviceMapping).filter_by(
-            instance_uuid=sid, volume_id=vid).one().connection_info)
+    connection_info = bdm_of(tether.db, sid, vid).connection_info
+    assert connection_info is not None
+    info = ConnectionInfo.from_dict(connection_info)
     caplog.set_level(logging.ERROR)
     try:
         with _evacuated_before_handling(tether, sid, "elsewhere"):
@@ -306,16 +301,16 @@ def test_compute_service_down_is_409_and_changes_nothing(
         heartbeat = t.embedded.compute.heartbeat
         heartbeat.stop()
         try:
-            with t.db.session() as s:  # the interval has passed without a beat
-                svc = s.query(models.Service).filter_by(uuid=heartbeat.uuid).one()
-                svc.last_seen_at -= dt.timedelta(
-                    seconds=t.conf.compute.service_down_time + 1)
+            (svc,) = db_rows(t.db, models.Service, uuid=heartbeat.uuid)
+            set_row(t.db, models.Service, svc.id,  # the interval passed without a beat
+                    last_seen_at=svc.last_seen_at - dt.timedelta(
+                        seconds=t.conf.compute.service_down_time + 1))
             res = nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
             assert res.status_code == 409, res.text
             assert "unavailable" in res.json["conflictingRequest"]["message"]
-            rows = nova.get(f"/v2.1/servers/{sid}/os-instance-actions").json[
+            actions = nova.get(f"/v2.1/servers/{sid}/os-instance-actions").json[
                 "instanceActions"]
-            assert [r["action"] for r in rows if r["action"] == "detach_volume"] == []
+            assert [r["action"] for r in actions if r["action"] == "detach_volume"] == []
             assert _status(cinder, vid) == "in-use" and not _bdm_deleted(t, sid, vid)
             alias = disk_alias(vid)
             assert alias in domain_xml(sid) and alias in domain_xml(sid, inactive=True)

@@ -6,7 +6,7 @@ import datetime as dt
 
 from sqlalchemy import update
 
-from tether.db import migrate, models
+from tether.db import migrate, models, services
 from tether.db.api import Database
 from tether.db.records import SERVICES
 from tether.service import Heartbeat, live_services
@@ -26,5 +26,8 @@ def test_beat_keeps_a_service_live_and_counts() -> None:
     (svc,) = live_services(db, "tether-compute", 60)
     assert svc.report_count == 2 and svc.uuid == hb.uuid
     assert live_services(db, "tether-volume", 60) == []
-    # registering again (a restart) keeps the same service
-    assert Heartbeat(db, "host-a", "tether-compute", "tether-compute").uuid == hb.uuid
+    # registering again (a restart) keeps the same service, in a new incarnation
+    again = Heartbeat(db, "host-a", "tether-compute", "tether-compute")
+    assert again.uuid == hb.uuid and again.incarnation != hb.incarnation
+    assert services.owners(db, 60).alive(again.incarnation)
+    assert not services.owners(db, 60).alive(hb.incarnation)  # the earlier life is dead

@@ -216,7 +216,7 @@ class ServerAction(_Base):
 
 class VolumeAttachments(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
-        bdms = self.api.list_volume_attachments(wsgi.caller(req), _server_id(server_id))
+        bdms = self.api.attachments.index(wsgi.caller(req), _server_id(server_id))
         version = wsgi.version(req)
         wsgi.reply(resp, 200, {"volumeAttachments": [
             views.volume_attachment(b, version) for b in bdms]})
@@ -245,7 +245,7 @@ class VolumeAttachments(_Base):
             raise errors.bad_request("Invalid input for field/attribute tag: up to 60 "
                                      "characters, without '/' or ','.")
         dot = _boolean(data.get("delete_on_termination", False), "delete_on_termination")
-        bdm = self.api.attach_volume(wsgi.caller(req), sid, volume_id, device or None, tag,
+        bdm = self.api.attachments.attach(wsgi.caller(req), sid, volume_id, device or None, tag,
                                      dot, allow_multiattach=version.at_least("2.60"))
         wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(
             bdm, version, created=True)})
@@ -254,7 +254,7 @@ class VolumeAttachments(_Base):
 class VolumeAttachment(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str,
                volume_id: str) -> None:
-        bdm = self.api.get_volume_attachment(wsgi.caller(req), _server_id(server_id),
+        bdm = self.api.attachments.get(wsgi.caller(req), _server_id(server_id),
                                              volume_id)
         wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(
             bdm, wsgi.version(req))})
@@ -279,7 +279,7 @@ class VolumeAttachment(_Base):
         if extra:
             raise errors.bad_request(f"Invalid input for volumeAttachment: additional "
                                      f"properties are not allowed ({', '.join(extra)}).")
-        bdm = self.api.get_volume_attachment(wsgi.caller(req), sid, volume_id)
+        bdm = self.api.attachments.get(wsgi.caller(req), sid, volume_id)
         current = {"device": bdm.device_name, "tag": bdm.tag, "serverId": bdm.instance_uuid,
                    "id": bdm.volume_id}
         changed = sorted(k for k, v in current.items() if k in data and data[k] != v)
@@ -287,13 +287,14 @@ class VolumeAttachment(_Base):
             raise errors.bad_request(f"Only delete_on_termination of a volume attachment can "
                                      f"be updated, not {', '.join(changed)}.")
         if "delete_on_termination" in data:
-            self.api.set_delete_on_termination(wsgi.caller(req), sid, volume_id, _boolean(
-                data["delete_on_termination"], "delete_on_termination"))
+            self.api.attachments.set_delete_on_termination(
+                wsgi.caller(req), sid, volume_id,
+                _boolean(data["delete_on_termination"], "delete_on_termination"))
         wsgi.reply(resp, 202)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, server_id: str,
                   volume_id: str) -> None:
-        self.api.detach_volume(wsgi.caller(req), _server_id(server_id), volume_id,
+        self.api.attachments.detach(wsgi.caller(req), _server_id(server_id), volume_id,
                                allow_shelved=wsgi.version(req).at_least("2.20"))
         wsgi.reply(resp, 202)
 
@@ -304,7 +305,7 @@ class DeviceMetadata(_Base):
     read there); a device leaves with its detach."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
-        bdms = self.api.list_volume_attachments(wsgi.caller(req), _server_id(server_id))
+        bdms = self.api.attachments.index(wsgi.caller(req), _server_id(server_id))
         wsgi.reply(resp, 200, {"devices": [
             {"type": "disk", "bus": b.disk_bus or "scsi", "serial": b.volume_id,
              "path": b.device_name, "tags": [b.tag]}

@@ -8,8 +8,7 @@ from typing import Any
 from tether.api.versions import Version
 from tether.api.volume_views import iso
 from tether.compute.flavors import Flavor
-from tether.db import models
-from tether.db.records import BdmRecord, InstanceRecord
+from tether.db.records import ActionRecord, BdmRecord, EventRecord, InstanceRecord
 
 STATUS = {"building": "BUILD", "active": "ACTIVE", "stopped": "SHUTOFF", "error": "ERROR",
           "shelved": "SHELVED", "shelved_offloaded": "SHELVED_OFFLOADED", "deleted": "DELETED"}
@@ -126,7 +125,7 @@ def volume_attachment(bdm: BdmRecord, version: Version,
     return body
 
 
-def instance_action(action: models.InstanceAction, version: Version) -> dict[str, Any]:
+def instance_action(action: ActionRecord, version: Version) -> dict[str, Any]:
     body: dict[str, Any] = {
         "action": action.action, "instance_uuid": action.instance_uuid,
         "message": action.message, "project_id": action.project_id,
@@ -139,7 +138,7 @@ def instance_action(action: models.InstanceAction, version: Version) -> dict[str
     return body
 
 
-def action_event(event: models.InstanceActionEvent, version: Version,
+def action_event(event: EventRecord, version: Version,
                  show_traceback: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"event": event.event, "start_time": iso(event.start_time),
                             "finish_time": iso(event.finish_time), "result": event.result}

@@ -6,44 +6,39 @@ gives it (the API side, step 0 and s1, is ComputeAPI.detach_volume):
   s2      host disconnect (skipped while another server here uses the volume)
   s1.2+s1.3 storage side: attachment delete (terminate connection + detach)
 
-Guest refused → the volume rolls back to in-use, the disk, BDM, attachment
-and export stay; any other error → the same rollback.  A disk or domain
-already gone does not stop the storage side being cleaned.  Every step is
-idempotent, so a detach interrupted by a crash is simply run again.
+Until the guest has let the disk go, a failure rolls back: the volume goes
+back to in-use, the disk, mapping, attachment and export stay.  A disk or
+domain already gone does not stop the storage side being cleaned.  Once the
+guest and the host are done there is no going back: the mapping is released
+(with the storage step's start, so that a client who sees the volume
+available at once can attach it again at once) and a storage side that
+fails is retried, by the sweeper, until it is done.
+
+Every step is idempotent, so a detach a crash interrupted is run again; a
+run that finds its mapping already released does the storage side only (the
+guest and host steps came before the release).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import bindparam, select
-
+from tether.compute.connections import HostConnections
+from tether.compute.operations import ActionRef, Operations
+from tether.compute.repository import ComputeRepository, Notice
 from tether.compute.volume_client import VolumeClient
-from tether.connection import ConnectionInfo, Connector
-from tether.connectors.base import VolumeConnector
+from tether.connection import Connector
 from tether.context import RequestContext
-from tether.db import models
-from tether.db.api import Database, Tx
-from tether.db.prepared import Prepared
-from tether.db.records import BDMS, INSTANCES, BdmRecord, by
-from tether.operations import ActionRef, Operations
+from tether.db.api import Tx
+from tether.db.records import BdmRecord, InstanceRecord
+from tether.exceptions import VolumeNotFound
 from tether.virt import driver as virt
 
 LOG = logging.getLogger(__name__)
-# (context, event type, payload, is_error): see tether.notifications
-Notify = Callable[[RequestContext, str, dict[str, Any], bool], None]
 
-_B, _I = BDMS.columns, INSTANCES.columns
-_LIVE_BDM = Prepared(by(BDMS, _B["instance_uuid"] == bindparam("server_id"),
-                        _B["volume_id"] == bindparam("volume_id"), _B["deleted"].is_(False)))
-# another server on this host still maps the volume (multiattach)
-_OTHER_USERS_ON_HOST = Prepared(select(_B["id"]).join(
-    INSTANCES.table, _I["uuid"] == _B["instance_uuid"]).where(
-    _B["volume_id"] == bindparam("volume_id"), _B["deleted"].is_(False),
-    _B["instance_uuid"] != bindparam("server_id"), _I["host"] == bindparam("host")).limit(1))
+S11, S111, S2, S12 = ("s1.1:driver_detach", "s1.1.1:guest_device_removal",
+                      "s2:host_disconnect", "s1.2+s1.3:attachment_delete")
 
 
 @dataclass(frozen=True)
@@ -53,97 +48,104 @@ class DetachPolicy:
 
 
 class DetachFlow:
-    def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
-                 volumes: VolumeClient, ops: Operations, host: str,
-                 policy: DetachPolicy, notify: Notify) -> None:
-        self.notify = notify
-        self.db = db
+    def __init__(self, repo: ComputeRepository, virt_driver: virt.VirtDriver,
+                 connections: HostConnections, volumes: VolumeClient, ops: Operations,
+                 host: str, policy: DetachPolicy) -> None:
+        self.repo = repo
         self.virt = virt_driver
-        self.connector = connector
+        self.connections = connections
         self.volumes = volumes
         self.ops = ops
         self.host = host
         self.policy = policy
 
-    def run(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
-            attachment_id: str | None, action: ActionRef) -> bool:
-        """Detach; True on success.  Failures are recorded on the action (the
-        caller is a cast: nobody waits for an exception)."""
+    def run(self, ctx: RequestContext, action: ActionRef, inst: InstanceRecord,
+            bdm: BdmRecord | None) -> bool:
+        """Detach; True when done.  The outcome is recorded on the action
+        (the caller is a cast: nobody waits for an exception)."""
         with self.ops.batched():
-            return self._run(ctx, instance_uuid, volume_id, attachment_id, action)
+            if bdm is None or bdm.volume_id is None:
+                LOG.warning("detach for %s: no block device mapping, nothing to do",
+                            action.instance_uuid)
+                self.ops.finish_action(action)
+                return True
+            with self.connections.guarded(bdm.shared_target):
+                return self._run(ctx, action, inst, bdm)
 
-    def _run(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
-             attachment_id: str | None, action: ActionRef) -> bool:
-        with self.db.begin() as c:
-            bdm = BDMS.first(c, _LIVE_BDM, {"server_id": instance_uuid, "volume_id": volume_id})
-            inst = INSTANCES.get(c, instance_uuid)
-        if bdm is None or inst is None:
-            LOG.warning("detach of volume %s from %s: no block device mapping, nothing to do",
-                        volume_id, instance_uuid)
-            self.ops.finish_action(action)
-            return True
-        info = _connection_info(bdm)
-        payload = {"volume_id": volume_id, "server_id": instance_uuid,
-                   "attachment_id": attachment_id, "request_id": action.request_id}
-        self.notify(ctx, "volume.detach.start", payload, False)
+    def _run(self, ctx: RequestContext, action: ActionRef, inst: InstanceRecord,
+             bdm: BdmRecord) -> bool:
+        payload = _payload(action, bdm)
+        if not bdm.deleted:
+            try:
+                if inst.host == self.host:
+                    with self.ops.step(action, S11):
+                        self._driver_detach(action, bdm)
+                else:
+                    LOG.error("Unable to call for a driver detach of volume %s from instance "
+                              "%s: the instance is registered to host %s, not this host %s",
+                              bdm.volume_id, inst.uuid, inst.host, self.host)
+            except Exception as exc:
+                self._roll_back(ctx, action, bdm, exc)
+                return False
+
+        def release(c: Tx) -> None:
+            if not bdm.deleted:
+                self.repo.release_bdm(c, bdm)
+
         try:
-            if inst.host == self.host:
-                with self.ops.step(action, "s1.1:driver_detach"):
-                    self._driver_detach(instance_uuid, volume_id, info, action)
-            else:
-                LOG.error("Unable to call for a driver detach of volume %s from instance %s: "
-                          "the instance is registered to host %s, not this host %s", volume_id,
-                          instance_uuid, inst.host, self.host)
-            # the BDM goes first (with the step's start): once storage says
-            # 'available' a client may attach the volume again at once, and
-            # must not find it still mapped
-            with self.ops.step(action, "s1.2+s1.3:attachment_delete",
-                               first=lambda c: _bdm_deleted(c, bdm.id, True)):
-                try:
-                    if attachment_id is not None:
-                        self.volumes.attachment_delete(attachment_id)
-                    else:  # the old flow: no attachment id on the BDM
-                        self.volumes.terminate_connection(
-                            volume_id, self._legacy_connector(bdm, inst.host))
-                        self.volumes.detach(volume_id, None)
-                except Exception:
-                    self._mark_bdm(bdm.id, deleted=False)
-                    raise
-        except Exception as exc:
-            self._roll_back(volume_id, action, exc)
-            self.notify(ctx, "volume.detach.error", payload | {"error": str(exc)}, True)
+            with self.ops.step(action, S12, first=release):
+                self._storage_detach(bdm, inst)
+        except Exception:
+            LOG.exception("detach of volume %s from %s: the guest and the host are done, "
+                          "the storage side failed; the sweeper will finish it",
+                          bdm.volume_id, inst.uuid)
             return False
-        self.ops.finish_action(action)
-        self.notify(ctx, "volume.detach.end", payload, False)
-        LOG.info("volume %s detached from instance %s", volume_id, instance_uuid)
+        self.ops.finish_action(action, notice=Notice(ctx, "volume.detach.end", payload))
+        LOG.info("volume %s detached from instance %s", bdm.volume_id, inst.uuid)
         return True
 
-    def _driver_detach(self, instance_uuid: str, volume_id: str, info: ConnectionInfo | None,
-                       action: ActionRef) -> None:
+    def _driver_detach(self, action: ActionRef, bdm: BdmRecord) -> None:
         """s1.1: the guest side, then (s2) the host side."""
-        with self.ops.step(action, "s1.1.1:guest_device_removal"):
+        assert bdm.volume_id is not None
+        with self.ops.step(action, S111):
             try:
-                self.virt.detach_disk(instance_uuid, volume_id, timeout=self.policy.timeout,
+                self.virt.detach_disk(action.instance_uuid, bdm.volume_id,
+                                      timeout=self.policy.timeout,
                                       attempts=self.policy.attempts)
             except virt.InstanceNotFound:
                 LOG.warning("Instance %s disappeared from the hypervisor during the detach of "
-                            "volume %s; cleaning up the storage side", instance_uuid, volume_id)
+                            "volume %s; cleaning up the storage side", action.instance_uuid,
+                            bdm.volume_id)
             except virt.DiskNotFound:
                 LOG.warning("Ignoring DiskNotFound for volume %s on instance %s: the disk is "
-                            "already gone from the guest", volume_id, instance_uuid)
-        with self.ops.step(action, "s2:host_disconnect"):
-            if self._other_users_on_host(instance_uuid, volume_id):
-                LOG.info("Detected multiple connections on this host for volume %s, "
-                         "skipping target disconnect", volume_id)
-            elif info is not None:
-                self.connector.disconnect(info)
+                            "already gone from the guest", bdm.volume_id,
+                            action.instance_uuid)
+        with self.ops.step(action, S2):
+            self.connections.disconnect(bdm)
 
-    def _legacy_connector(self, bdm: BdmRecord,
-                          instance_host: str | None) -> Connector:
+    def _storage_detach(self, bdm: BdmRecord, inst: InstanceRecord) -> None:
+        """s1.2 + s1.3; both idempotent (a resumed detach runs them again)."""
+        assert bdm.volume_id is not None
+        if bdm.attachment_id is not None:
+            self.volumes.attachment_delete(bdm.attachment_id)
+            return
+        # the old flow: no attachment id on the mapping
+        try:
+            attachment = self.volumes.get_volume(bdm.volume_id).attachment_for(inst.uuid)
+        except VolumeNotFound:
+            LOG.warning("volume %s is gone: nothing to detach on the storage side",
+                        bdm.volume_id)
+            return
+        self.volumes.terminate_connection(bdm.volume_id, self._legacy_connector(bdm,
+                                                                                inst.host))
+        if attachment is not None:
+            self.volumes.detach(bdm.volume_id, attachment)
+
+    def _legacy_connector(self, bdm: BdmRecord, instance_host: str | None) -> Connector:
         """The connector to terminate an old-flow connection with: this host's,
         unless the BDM stashed the connector of another host (the server was
         evacuated) and that host is the server's."""
-        mine = self.connector.properties()
+        mine = self.connections.properties()
         stashed = (bdm.connection_info or {}).get("connector")
         if not stashed:
             LOG.warning("No connector stashed in the connection_info of volume %s; "
@@ -163,34 +165,23 @@ class DetachFlow:
                   instance_host)
         return mine
 
-    def _mark_bdm(self, bdm_id: int, deleted: bool) -> None:
-        with self.db.begin() as c:
-            _bdm_deleted(c, bdm_id, deleted)
-
-    def _other_users_on_host(self, instance_uuid: str, volume_id: str) -> bool:
-        with self.db.begin() as c:
-            return _OTHER_USERS_ON_HOST.first(c, {
-                "volume_id": volume_id, "server_id": instance_uuid,
-                "host": self.host}) is not None
-
-    def _roll_back(self, volume_id: str, action: ActionRef, exc: Exception) -> None:
+    def _roll_back(self, ctx: RequestContext, action: ActionRef, bdm: BdmRecord,
+                   exc: Exception) -> None:
         if isinstance(exc, virt.DeviceDetachFailed):
-            LOG.error("%s; rolling volume %s back to in-use", exc, volume_id)
+            LOG.error("%s; rolling volume %s back to in-use", exc, bdm.volume_id)
         else:
-            LOG.exception("detach of volume %s failed; rolling it back to in-use", volume_id)
+            LOG.exception("detach of volume %s failed; rolling it back to in-use",
+                          bdm.volume_id)
+        assert bdm.volume_id is not None
         try:
-            self.volumes.roll_detaching(volume_id)
+            self.volumes.roll_detaching(bdm.volume_id)
         except Exception:
-            LOG.exception("roll_detaching of volume %s failed", volume_id)
-        self.ops.finish_action(action, "Error")
+            LOG.exception("roll_detaching of volume %s failed", bdm.volume_id)
+        self.ops.finish_action(action, "Error", notice=Notice(
+            ctx, "volume.detach.error", _payload(action, bdm) | {"error": str(exc)},
+            error=True))
 
 
-def _bdm_deleted(conn: Tx, bdm_id: int, deleted: bool) -> None:
-    BDMS.update(conn, bdm_id, {"deleted": deleted,
-                               "deleted_at": models.utcnow() if deleted else None})
-
-
-def _connection_info(bdm: BdmRecord) -> ConnectionInfo | None:
-    if not bdm.connection_info:
-        return None
-    return ConnectionInfo.from_dict(bdm.connection_info)
+def _payload(action: ActionRef, bdm: BdmRecord) -> dict[str, object]:
+    return {"volume_id": bdm.volume_id, "server_id": action.instance_uuid,
+            "attachment_id": bdm.attachment_id, "request_id": action.request_id}

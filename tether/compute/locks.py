@@ -6,6 +6,10 @@ while an attach on the same host is logging in through it.  Both run under
 the lock named after the backend (its ``service_uuid``): a thread lock for
 this process plus ``flock`` on a file, so that other processes on the host
 (a second compute service, os-brick) are kept out too.
+
+A thread may take a lock it holds again (an operation holds its volume's lock
+around the whole flow, and the one disconnect routine takes it too, for the
+callers that do not).
 """
 
 from __future__ import annotations
@@ -26,9 +30,18 @@ class HostLocks:
         self.lock_dir = lock_dir
         self._threads: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._mine = threading.local()  # .held: the names this thread holds
+
+    def holds(self, name: str) -> bool:
+        """Whether this thread holds ``name``."""
+        return name in self._mine.__dict__.get("held", ())
 
     @contextlib.contextmanager
     def hold(self, name: str) -> Iterator[None]:
+        held: set[str] = self._mine.__dict__.setdefault("held", set())
+        if name in held:
+            yield
+            return
         with self._guard:
             thread_lock = self._threads[name]
         with thread_lock:
@@ -37,8 +50,10 @@ class HostLocks:
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                held.add(name)
                 yield
             finally:
+                held.discard(name)
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 

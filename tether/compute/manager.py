@@ -1,38 +1,42 @@
 """The compute service's host side: owns the servers of one hypervisor host.
 
-Runs what the API casts (build, delete, power, attach, detach), one operation
-per server at a time (a per-server lock, as Nova's ``synchronized(uuid)``),
-and on start resumes what a crash interrupted.
+Every operation the API hands to this host is a recorded instance action;
+the message only says which one (``run_operation``).  The host claims it
+(queued → running, owned by this service's incarnation) before doing
+anything, so a message delivered twice, or delivered while a recovery already
+runs the operation, does nothing the second time.  Operations on one server
+run one at a time (a per-server lock, as Nova's ``synchronized(uuid)``).
+What each operation does when a crash interrupted it is
+``tether.compute.recovery``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import oslo_messaging as messaging
-from sqlalchemy import select
 
-from tether.compute import locks
 from tether.compute.attach import AttachFlow
-from tether.compute.detach import DetachFlow, DetachPolicy, Notify
+from tether.compute.connections import HostConnections
+from tether.compute.detach import DetachFlow, DetachPolicy
 from tether.compute.images import LocalImages
-from tether.compute.locks import HostLocks
+from tether.compute.operations import ActionRef, Operations
+from tether.compute.repository import ComputeRepository, Notice
 from tether.compute.shelve import ShelveFlow
-from tether.compute.teardown import VolumeMapping, release_volumes
+from tether.compute.teardown import release_volumes
 from tether.compute.volume_client import VolumeClient
-from tether.connection import ConnectionInfo
-from tether.connectors.base import VolumeConnector
-from tether.context import RequestContext, admin_context
-from tether.db import models
-from tether.db.api import Database
-from tether.operations import ActionRef, Operations
+from tether.context import RequestContext
+from tether.db.api import Tx
+from tether.db.models import utcnow
+from tether.db.records import ActionRecord, BdmRecord, InstanceRecord
+from tether.exceptions import Conflict
 from tether.states import server as srv_states
+from tether.states.machine import InvalidTransition
 from tether.virt import driver as virt
 
 LOG = logging.getLogger(__name__)
@@ -42,30 +46,35 @@ _POWER = {virt.PowerState.RUNNING: srv_states.POWER_RUNNING,
           virt.PowerState.SHUTOFF: srv_states.POWER_SHUTDOWN,
           virt.PowerState.CRASHED: srv_states.POWER_CRASHED,
           virt.PowerState.NOSTATE: srv_states.POWER_NOSTATE}
+Work = Callable[[RequestContext, ActionRef, ActionRecord, InstanceRecord], None]
 
 
 class ComputeManager:
-    def __init__(self, db: Database, virt_driver: virt.VirtDriver, connector: VolumeConnector,
-                 volumes: VolumeClient, host: str, policy: DetachPolicy,
-                 images: LocalImages, notify: Notify, host_locks: HostLocks,
+    def __init__(self, repo: ComputeRepository, virt_driver: virt.VirtDriver,
+                 connections: HostConnections, volumes: VolumeClient, host: str,
+                 policy: DetachPolicy, images: LocalImages,
                  shelved_offload_time: int = 0, domain_prefix: str = "tether-") -> None:
-        self.db = db
+        self.repo = repo
         self.shelved_offload_time = shelved_offload_time
-        self.host_locks = host_locks
         self.images = images
         self.virt = virt_driver
-        self.connector = connector
+        self.connections = connections
         self.volumes = volumes
         self.host = host
         self.domain_prefix = domain_prefix
-        self.ops = Operations(db, host)
-        self.detach = DetachFlow(db, virt_driver, connector, volumes, self.ops, host, policy,
-                                 notify)
-        self.attach = AttachFlow(db, virt_driver, connector, volumes, self.ops, notify)
-        self.shelving = ShelveFlow(db, virt_driver, connector, volumes, self.ops)
+        self.ops = Operations(repo, host)
+        self.detach = DetachFlow(repo, virt_driver, connections, volumes, self.ops, host,
+                                 policy)
+        self.attach = AttachFlow(repo, virt_driver, connections, volumes, self.ops)
+        self.shelving = ShelveFlow(repo, virt_driver, connections, volumes, self.ops)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         self._in_flight: set[int] = set()
+        self._work: dict[str, Work] = {
+            "attach_volume": self._attach, "detach_volume": self._detach,
+            "create": self._build, "delete": self._delete, "stop": self._power,
+            "start": self._power, "shelve": self._shelve, "shelve_offload": self._shelve,
+            "unshelve": self._unshelve}
 
     @contextmanager
     def _locked(self, instance_uuid: str) -> Iterator[None]:
@@ -74,192 +83,10 @@ class ComputeManager:
         with lock:
             yield
 
-    def _action(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> ActionRef:
-        return ActionRef(action_id, instance_uuid, ctx.request_id)
-
-    # -- servers -------------------------------------------------------------
-
-    def build_instance(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> None:
-        action = self._action(ctx, instance_uuid, action_id)
-        with self._locked(instance_uuid):
-            with self.db.session() as s:
-                if s.get(models.Instance, instance_uuid) is None:
-                    return
-            try:
-                self._spawn(action, instance_uuid)
-            except Exception:
-                LOG.exception("building instance %s failed", instance_uuid)
-                self._set_state(instance_uuid, srv_states.ERROR, None)
-                self.ops.finish_action(action, "Error")
-                return
-            self._set_state(instance_uuid, srv_states.ACTIVE, None)
-            self.ops.finish_action(action)
-
-    def _spawn(self, action: ActionRef, instance_uuid: str) -> None:
-        """Start the server's guest on this host as the server says: its image
-        (root disk overlay, kernel, console, agent port) or its boot volume."""
-        with self.db.session() as s:
-            inst = s.get(models.Instance, instance_uuid)
-            assert inst is not None
-            image_ref = inst.image_ref
-            spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
-                                   vcpus=inst.vcpus, memory_mib=inst.memory_mb)
-        root = self._root_bdm(instance_uuid)
-        if image_ref:
-            with self.ops.step(action, "prepare_root_disk"):
-                spec = self.images.boot_spec(spec, image_ref)
-        if root is not None:
-            spec = self._connect_root_volume(action, spec, root)
-        with self.ops.step(action, "spawn"):
-            self.virt.spawn(spec)
-        if root is not None and root.attachment_id:
-            with self.ops.step(action, "root_volume_attachment_complete"):
-                self.volumes.attachment_complete(root.attachment_id)
-
-    def _root_bdm(self, instance_uuid: str) -> models.BlockDeviceMapping | None:
-        with self.db.session() as s:
-            bdm = s.scalars(select(models.BlockDeviceMapping).where(
-                models.BlockDeviceMapping.instance_uuid == instance_uuid,
-                models.BlockDeviceMapping.boot_index == 0,
-                models.BlockDeviceMapping.deleted.is_(False))).first()
-            if bdm is not None:
-                s.expunge(bdm)
-            return bdm
-
-    def _connect_root_volume(self, action: ActionRef, spec: virt.ServerSpec,
-                             bdm: models.BlockDeviceMapping) -> virt.ServerSpec:
-        """Export the boot volume to this host and hand it to the guest as vda."""
-        assert bdm.volume_id is not None and bdm.attachment_id is not None
-        with self.ops.step(action, "root_volume_connect"):
-            info = self.volumes.attachment_update(bdm.attachment_id, dataclasses.replace(
-                self.connector.properties(), mountpoint="/dev/vda")).connection_info
-            assert info is not None
-            source = self.connector.connect(info)
-            with self.db.session() as s:
-                row = s.get(models.BlockDeviceMapping, bdm.id)
-                if row is not None:
-                    row.connection_info = info.to_dict(with_secret=False)
-        return dataclasses.replace(
-            spec, root_volume=virt.DiskSpec(bdm.volume_id, "vda", "virtio", source),
-            console_log=self.images.console_log(spec.uuid))
-
-    def _set_state(self, instance_uuid: str, vm_state: str, task_state: str | None) -> None:
-        with self.db.session() as s:
-            inst = s.get(models.Instance, instance_uuid)
-            if inst is None:
-                return
-            inst.vm_state, inst.task_state = vm_state, task_state
-            try:
-                inst.power_state = _POWER[self.virt.power_state(instance_uuid)]
-            except virt.InstanceNotFound:
-                inst.power_state = srv_states.POWER_NOSTATE
-
-    def shelve_action(self, ctx: RequestContext, instance_uuid: str, event: str,
-                      action_id: int) -> None:
-        action = self._action(ctx, instance_uuid, action_id)
-        with self._locked(instance_uuid):
-            try:
-                if event == "shelve":
-                    with self.ops.step(action, "power_off"):
-                        self.virt.power_off(instance_uuid)
-                    self._set_state(instance_uuid, srv_states.SHELVED, None)
-                    if self.shelved_offload_time == 0:
-                        event = "shelve_offload"
-                if event == "shelve_offload":
-                    self.shelving.offload(instance_uuid, action)
-                    with self.db.session() as s:
-                        inst = s.get(models.Instance, instance_uuid)
-                        if inst is not None:
-                            inst.host, inst.vm_state, inst.task_state = (
-                                None, srv_states.SHELVED_OFFLOADED, None)
-                            inst.power_state = srv_states.POWER_NOSTATE
-                elif event == "unshelve":
-                    self._unshelve(instance_uuid, action)
-            except Exception:
-                LOG.exception("%s of instance %s failed", event, instance_uuid)
-                self._set_state(instance_uuid, srv_states.ERROR, None)
-                self.ops.finish_action(action, "Error")
-                return
-            self.ops.finish_action(action)
-
-    def _unshelve(self, instance_uuid: str, action: ActionRef) -> None:
-        try:
-            self.virt.power_state(instance_uuid)
-        except virt.InstanceNotFound:  # offloaded: the guest comes back on this host
-            self._spawn(action, instance_uuid)
-            self.shelving.reconnect(instance_uuid, action)
-        else:
-            with self.ops.step(action, "power_on"):
-                self.virt.power_on(instance_uuid)
-        self._set_state(instance_uuid, srv_states.ACTIVE, None)
-
-    def power_action(self, ctx: RequestContext, instance_uuid: str, event: str,
-                     action_id: int) -> None:
-        action = self._action(ctx, instance_uuid, action_id)
-        with self._locked(instance_uuid):
-            try:
-                with self.ops.step(action, event):
-                    if event == "stop":
-                        self.virt.power_off(instance_uuid)
-                    else:
-                        self.virt.power_on(instance_uuid)
-            except Exception:
-                LOG.exception("%s of instance %s failed", event, instance_uuid)
-                with self.db.session() as s:
-                    inst = s.get(models.Instance, instance_uuid)
-                    if inst is not None:
-                        inst.task_state = None
-                self.ops.finish_action(action, "Error")
-                return
-            (target,) = srv_states.MACHINE.transition(event).targets
-            self._set_state(instance_uuid, target, None)
-            self.ops.finish_action(action)
-
-    def terminate_instance(self, ctx: RequestContext, instance_uuid: str,
-                           action_id: int) -> None:
-        """Delete a server: the domain goes first (so no guest can use a volume any
-        more), then each volume is disconnected and detached on the storage side,
-        and deleted when its BDM says delete_on_termination."""
-        action = self._action(ctx, instance_uuid, action_id)
-        with self._locked(instance_uuid):
-            try:
-                with self.ops.step(action, "destroy_guest"):
-                    self.virt.destroy(instance_uuid)
-                    self.images.remove(instance_uuid)
-            except Exception:
-                LOG.exception("deleting instance %s: the guest could not be destroyed",
-                              instance_uuid)
-                self._set_state(instance_uuid, srv_states.ERROR, None)
-                self.ops.finish_action(action, "Error")
-                return
-            with self.db.session() as s:
-                bdms = list(s.scalars(select(models.BlockDeviceMapping).where(
-                    models.BlockDeviceMapping.instance_uuid == instance_uuid,
-                    models.BlockDeviceMapping.deleted.is_(False))).all())
-                for b in bdms:
-                    s.expunge(b)
-            # the guest is gone: each volume is cleaned on its own
-            failed = release_volumes(self.db, self.volumes, self.ops, action, bdms,
-                                     disconnect=self._disconnect_for_delete)
-            with self.db.session() as s:
-                inst = s.get(models.Instance, instance_uuid)
-                if inst is not None:
-                    inst.vm_state, inst.task_state = srv_states.DELETED, None
-                    inst.deleted, inst.deleted_at = True, models.utcnow()
-                    inst.power_state = srv_states.POWER_NOSTATE
-            self.ops.finish_action(action, "Error" if failed else None)
-
-    def _disconnect_for_delete(self, bdm: VolumeMapping) -> None:
-        assert bdm.volume_id is not None
-        if bdm.connection_info and not self.detach._other_users_on_host(
-                bdm.instance_uuid, bdm.volume_id):
-            self.connector.disconnect(ConnectionInfo.from_dict(bdm.connection_info))
-
-    # -- volumes -------------------------------------------------------------
-
     @contextmanager
     def _running(self, action_id: int) -> Iterator[None]:
-        """Mark an action as being worked on here (the sweeper leaves it alone)."""
+        """Mark an operation as worked on by a thread here (the sweeper leaves
+        it alone)."""
         with self._guard:
             self._in_flight.add(action_id)
         try:
@@ -268,20 +95,219 @@ class ComputeManager:
             with self._guard:
                 self._in_flight.discard(action_id)
 
-    def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
-                      action_id: int, shared_target: str | None = None) -> None:
-        with self._running(action_id), self._locked(instance_uuid), \
-                locks.maybe(self.host_locks, shared_target):
-            self.attach.run(ctx, instance_uuid, bdm_uuid,
-                            self._action(ctx, instance_uuid, action_id))
+    def in_flight(self, action_id: int) -> bool:
+        with self._guard:
+            return action_id in self._in_flight
 
-    def detach_volume(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
-                      attachment_id: str | None, action_id: int,
-                      shared_target: str | None = None) -> None:
-        with self._running(action_id), self._locked(instance_uuid), \
-                locks.maybe(self.host_locks, shared_target):
-            self.detach.run(ctx, instance_uuid, volume_id, attachment_id,
-                            self._action(ctx, instance_uuid, action_id))
+    # -- the one entry ---------------------------------------------------------
+
+    def run_operation(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> bool:
+        """Claim the operation and do it; False when there was nothing to do
+        (finished already, or another worker has it)."""
+        return self.claimed(ctx, instance_uuid, action_id, self.do)
+
+    def claimed(self, ctx: RequestContext, instance_uuid: str, action_id: int,
+                 then: Callable[[RequestContext, ActionRecord, InstanceRecord], None]) -> bool:
+        with self._running(action_id), self._locked(instance_uuid):
+            with self.repo.begin() as c:
+                row = self.repo.action(c, action_id)
+                inst = self.repo.server(c, instance_uuid)
+                if row is None or row.finish_time is not None or inst is None:
+                    return False
+                claimed = self.ops.claim(c, row, self._start_notice(c, ctx, row))
+            if claimed is None:
+                LOG.info("operation %s (%s) of %s is someone else's; skipped", action_id,
+                         row.action, instance_uuid)
+                return False
+            then(ctx, claimed, inst)
+            return True
+
+    def do(self, ctx: RequestContext, row: ActionRecord, inst: InstanceRecord) -> None:
+        work = self._work.get(row.action)
+        if work is None:
+            LOG.error("operation %s: no such operation %r", row.id, row.action)
+            self.ops.finish_action(ActionRef.of(row), "Error")
+            return
+        work(ctx, ActionRef.of(row), row, inst)
+
+    def _start_notice(self, c: Tx, ctx: RequestContext, row: ActionRecord) -> Notice | None:
+        if row.action not in ("attach_volume", "detach_volume") or not row.args:
+            return None
+        verb = row.action.split("_")[0]
+        return Notice(ctx, f"volume.{verb}.start", {
+            "volume_id": row.resource_id, "server_id": row.instance_uuid,
+            "attachment_id": row.args.get("attachment"), "request_id": row.request_id})
+
+    def bdm_of(self, row: ActionRecord) -> BdmRecord | None:
+        bdm_uuid = (row.args or {}).get("bdm")
+        if not bdm_uuid:
+            return None
+        with self.repo.begin() as c:
+            return self.repo.bdm(c, bdm_uuid)
+
+    # -- volumes -------------------------------------------------------------
+
+    def _attach(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
+                inst: InstanceRecord) -> None:
+        self.attach.run(ctx, action, self.bdm_of(row))
+
+    def _detach(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
+                inst: InstanceRecord) -> None:
+        self.detach.run(ctx, action, inst, self.bdm_of(row))
+
+    # -- servers -------------------------------------------------------------
+
+    def _finish(self, action: ActionRef, inst: InstanceRecord, event: str,
+                message: str | None = None, **values: object) -> None:
+        """End the operation with the server's ``event`` in the same
+        transaction.  A server a delete took meanwhile is the delete's: its
+        state is left alone."""
+        def last(c: Tx) -> None:
+            now = self.repo.server(c, inst.uuid)
+            if now is None:
+                return
+            try:
+                self.repo.apply(c, srv_states.MACHINE, now, event, values=values)
+            except (InvalidTransition, Conflict) as exc:
+                LOG.warning("%s of server %s: its state is not this operation's any more "
+                            "(%s)", event, inst.uuid, exc)
+
+        self.ops.finish_action(action, message, last=last)
+
+    def _power_state(self, instance_uuid: str) -> int:
+        try:
+            return _POWER[self.virt.power_state(instance_uuid)]
+        except virt.InstanceNotFound:
+            return srv_states.POWER_NOSTATE
+
+    def _build(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
+               inst: InstanceRecord) -> None:
+        try:
+            self._spawn(action, inst)
+        except Exception:
+            LOG.exception("building instance %s failed", inst.uuid)
+            self._finish(action, inst, "build_fail", "Error",
+                         power_state=self._power_state(inst.uuid))
+            return
+        self._finish(action, inst, "build_done", power_state=self._power_state(inst.uuid))
+
+    def _spawn(self, action: ActionRef, inst: InstanceRecord) -> None:
+        """Start the server's guest on this host as the server says: its image
+        (root disk overlay, kernel, console, agent port) or its boot volume.
+        Idempotent: a build or an unshelve interrupted is run again."""
+        spec = virt.ServerSpec(uuid=inst.uuid, name=self.domain_prefix + inst.uuid,
+                               vcpus=inst.vcpus, memory_mib=inst.memory_mb)
+        with self.repo.begin() as c:
+            root = next((b for b in self.repo.live_bdms(c, inst.uuid) if b.boot_index == 0),
+                        None)
+        if inst.image_ref:
+            with self.ops.step(action, "prepare_root_disk"):
+                spec = self.images.boot_spec(spec, inst.image_ref)
+        if root is not None:
+            spec = self._connect_root_volume(action, spec, root)
+        with self.ops.step(action, "spawn"):
+            self.virt.spawn(spec)
+        if root is not None and root.attachment_id:
+            with self.ops.step(action, "root_volume_attachment_complete"):
+                self.volumes.attachment_complete(root.attachment_id)
+
+    def _connect_root_volume(self, action: ActionRef, spec: virt.ServerSpec,
+                             bdm: BdmRecord) -> virt.ServerSpec:
+        """Export the boot volume to this host and hand it to the guest as vda."""
+        assert bdm.volume_id is not None and bdm.attachment_id is not None
+        with self.ops.step(action, "root_volume_connect"), \
+                self.connections.guarded(bdm.shared_target):
+            connector = self.connections.properties("/dev/vda")
+            info = self.volumes.attachment_update(bdm.attachment_id,
+                                                  connector).connection_info
+            assert info is not None
+            with self.repo.begin() as c:
+                bdm = self.repo.set_bdm(c, bdm, {
+                    "connection_info": info.to_dict(with_secret=False),
+                    "connector": connector.to_dict()})
+            source = self.connections.connect(bdm, info)
+        assert bdm.volume_id is not None
+        return dataclasses.replace(
+            spec, root_volume=virt.DiskSpec(bdm.volume_id, "vda", "virtio", source),
+            console_log=self.images.console_log(spec.uuid))
+
+    def _power(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
+               inst: InstanceRecord) -> None:
+        event = row.action  # stop / start
+        try:
+            with self.ops.step(action, event):
+                if event == "stop":
+                    self.virt.power_off(inst.uuid)
+                else:
+                    self.virt.power_on(inst.uuid)
+        except Exception:
+            LOG.exception("%s of instance %s failed", event, inst.uuid)
+            self._finish(action, inst, f"{event}_fail", "Error")
+            return
+        self._finish(action, inst, f"{event}_done", power_state=self._power_state(inst.uuid))
+
+    def _shelve(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
+                inst: InstanceRecord) -> None:
+        """``shelve`` (and offload at once when ``shelved_offload_time`` is 0)
+        or ``shelve_offload``; a resumed one carries on from the task the
+        server is in."""
+        try:
+            if inst.task_state == srv_states.SHELVING:
+                with self.ops.step(action, "power_off"):
+                    self.virt.power_off(inst.uuid)
+                offload = self.shelved_offload_time == 0
+                with self.repo.begin() as c:
+                    inst = self.repo.apply(
+                        c, srv_states.MACHINE, inst,
+                        "shelve_done_offloading" if offload else "shelve_done",
+                        values={"power_state": self._power_state(inst.uuid)})
+                if not offload:
+                    self.ops.finish_action(action)
+                    return
+            self.shelving.offload(action)
+        except Exception:
+            LOG.exception("%s of instance %s failed", row.action, inst.uuid)
+            self._finish(action, inst, ("shelve_fail" if inst.task_state == srv_states.SHELVING
+                                        else "shelve_offload_fail"), "Error")
+            return
+        self._finish(action, inst, "shelve_offload_done", host=None,
+                     power_state=srv_states.POWER_NOSTATE)
+
+    def _unshelve(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
+                  inst: InstanceRecord) -> None:
+        try:
+            try:
+                self.virt.power_state(inst.uuid)
+            except virt.InstanceNotFound:  # offloaded: the guest comes back on this host
+                self._spawn(action, inst)
+                self.shelving.reconnect(action)
+            else:
+                with self.ops.step(action, "power_on"):
+                    self.virt.power_on(inst.uuid)
+        except Exception:
+            LOG.exception("unshelve of instance %s failed", inst.uuid)
+            self._finish(action, inst, "unshelve_fail", "Error")
+            return
+        self._finish(action, inst, "unshelve_done", power_state=self._power_state(inst.uuid))
+
+    def _delete(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
+                inst: InstanceRecord) -> None:
+        """Delete a server: the domain goes first (so no guest can use a volume any
+        more), then each volume is disconnected (forced) and detached on the
+        storage side, and deleted when its mapping says delete_on_termination."""
+        try:
+            with self.ops.step(action, "destroy_guest"):
+                self.virt.destroy(inst.uuid)
+                self.images.remove(inst.uuid)
+        except Exception:
+            LOG.exception("deleting instance %s: the guest could not be destroyed",
+                          inst.uuid)
+            self._finish(action, inst, "delete_fail", "Error")
+            return
+        failed = release_volumes(self.repo, self.volumes, self.ops, action,
+                                 lambda b: self.connections.disconnect(b, force=True))
+        self._finish(action, inst, "delete_done", "Error" if failed else None,
+                     deleted=True, deleted_at=utcnow(), power_state=srv_states.POWER_NOSTATE)
 
     # -- start-up ------------------------------------------------------------
 
@@ -295,9 +321,8 @@ class ComputeManager:
         folders = self.images.instance_folders()
         if not folders:
             return []
-        with self.db.session() as s:
-            live = set(s.scalars(select(models.Instance.uuid).where(
-                models.Instance.uuid.in_(folders), models.Instance.deleted.is_(False))))
+        with self.repo.begin() as c:
+            live = self.repo.live_server_ids(c, folders)
         gone = [uuid for uuid in folders if uuid not in live]
         for uuid in gone:
             LOG.info("removing the files of deleted server %s", uuid)
@@ -305,75 +330,13 @@ class ComputeManager:
         return gone
 
 
-    def resume_unfinished(self, older_than: float | None = None) -> int:
-        """Operations a crash interrupted (or whose message was lost): a detach
-        is run again (its steps are idempotent), an attach is rolled back.  On
-        start every unfinished one; from the periodic sweeper only those older
-        than ``older_than`` seconds that this process is not running now."""
-        ctx = admin_context()
-        count = 0
-        before = (None if older_than is None
-                  else models.utcnow() - dt.timedelta(seconds=older_than))
-        for row in self.ops.unfinished(self.host, ("attach_volume", "detach_volume"),
-                                       started_before=before):
-            with self._guard:
-                if row.id in self._in_flight:
-                    continue
-            action = ActionRef(row.id, row.instance_uuid, row.request_id)
-            count += 1
-            if row.action == "detach_volume" and row.resource_id:
-                LOG.warning("resuming interrupted detach of volume %s from %s",
-                            row.resource_id, row.instance_uuid)
-                bdm_att = self._attachment_of(row.instance_uuid, row.resource_id)
-                self.detach_volume(ctx, row.instance_uuid, row.resource_id, bdm_att, row.id)
-            elif row.action == "attach_volume" and row.resource_id:
-                LOG.warning("rolling back interrupted attach of volume %s to %s",
-                            row.resource_id, row.instance_uuid)
-                self.ops.record(action, "resume", "Error", "interrupted; rolled back")
-                self.detach_volume(ctx, row.instance_uuid, row.resource_id,
-                                   self._attachment_of(row.instance_uuid, row.resource_id),
-                                   row.id)
-                self.ops.finish_action(action, "Error")
-        return count
-
-    def _attachment_of(self, instance_uuid: str, volume_id: str) -> str | None:
-        with self.db.session() as s:
-            bdm = s.scalars(select(models.BlockDeviceMapping).where(
-                models.BlockDeviceMapping.instance_uuid == instance_uuid,
-                models.BlockDeviceMapping.volume_id == volume_id,
-                models.BlockDeviceMapping.deleted.is_(False))).first()
-            return bdm.attachment_id if bdm is not None else None
-
-
 class ComputeEndpoint:
-    """oslo.messaging endpoint: unpacks casts into ComputeManager calls."""
+    """oslo.messaging endpoint: the one cast the compute service takes."""
 
     target = messaging.Target(version="1.0")
 
     def __init__(self, manager: ComputeManager) -> None:
         self.m = manager
 
-    def build_instance(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> None:
-        self.m.build_instance(ctx, instance_uuid, action_id)
-
-    def terminate_instance(self, ctx: RequestContext, instance_uuid: str,
-                           action_id: int) -> None:
-        self.m.terminate_instance(ctx, instance_uuid, action_id)
-
-    def power_action(self, ctx: RequestContext, instance_uuid: str, event: str,
-                     action_id: int) -> None:
-        self.m.power_action(ctx, instance_uuid, event, action_id)
-
-    def shelve_action(self, ctx: RequestContext, instance_uuid: str, event: str,
-                      action_id: int) -> None:
-        self.m.shelve_action(ctx, instance_uuid, event, action_id)
-
-    def attach_volume(self, ctx: RequestContext, instance_uuid: str, bdm_uuid: str,
-                      action_id: int, shared_target: str | None = None) -> None:
-        self.m.attach_volume(ctx, instance_uuid, bdm_uuid, action_id, shared_target)
-
-    def detach_volume(self, ctx: RequestContext, instance_uuid: str, volume_id: str,
-                      attachment_id: str | None, action_id: int,
-                      shared_target: str | None = None) -> None:
-        self.m.detach_volume(ctx, instance_uuid, volume_id, attachment_id, action_id,
-                             shared_target)
+    def run_operation(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> None:
+        self.m.run_operation(ctx, instance_uuid, action_id)

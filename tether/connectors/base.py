@@ -22,6 +22,8 @@ class VolumeConnector(Protocol):
         """Make the volume reachable on this host; idempotent."""
         ...
 
-    def disconnect(self, info: ConnectionInfo) -> None:
-        """Undo ``connect``; no-op when already disconnected."""
+    def disconnect(self, info: ConnectionInfo, *, force: bool = False) -> None:
+        """Undo ``connect``; no-op when already disconnected.  ``force``: the
+        guest is gone for good (a server being deleted): go on past a device
+        that cannot be flushed, as os-brick's force and Nova's delete do."""
         ...

@@ -31,7 +31,7 @@ class FakeConnector:
         return NetworkDiskSource(info.target_iqn, info.target_lun, host, int(port),
                                  self.initiator_iqn, info.auth_username, "fake-secret")
 
-    def disconnect(self, info: ConnectionInfo) -> None:
+    def disconnect(self, info: ConnectionInfo, *, force: bool = False) -> None:
         self.calls.append(("disconnect", info.volume_id))
         if "disconnect" in self.fail_on:
             raise BackendError(f"fake disconnect failure for {info.volume_id}")

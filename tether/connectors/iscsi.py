@@ -94,10 +94,11 @@ class IscsiConnector:
         LOG.info("volume %s is %s on this host", info.volume_id, device["path"])
         return BlockDiskSource(path=device["path"])
 
-    def disconnect(self, info: ConnectionInfo) -> None:
+    def disconnect(self, info: ConnectionInfo, *, force: bool = False) -> None:
         try:
             self._brick.disconnect_volume(_brick_properties(info),
-                                          {"path": self._path_used(info)})
+                                          {"path": self._path_used(info)},
+                                          force=force, ignore_errors=force)
         except (brick_exception.BrickException, processutils.ProcessExecutionError) as exc:
             raise BackendError(f"Disconnecting volume {info.volume_id} (target "
                                f"{info.target_iqn} at {info.target_portal}) from this host "

@@ -46,5 +46,5 @@ class IscsiDirectConnector:
             port=int(port), initiator_iqn=self.initiator_iqn,
             auth_username=info.auth_username, secret_uuid=secret_uuid)
 
-    def disconnect(self, info: ConnectionInfo) -> None:
+    def disconnect(self, info: ConnectionInfo, *, force: bool = False) -> None:
         self.secrets.undefine_chap_secret(info.volume_id)

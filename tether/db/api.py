@@ -7,7 +7,7 @@ succeed)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -52,14 +52,23 @@ class Tx:
     and a commit.
     """
 
-    __slots__ = ("_engine", "_fairy", "_sa", "dbapi", "dialect")
+    __slots__ = ("_after", "_engine", "_fairy", "_sa", "dbapi", "dialect")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._fairy = engine.raw_connection()
         self._sa: Connection | None = None
+        self._after: list[Callable[[], object]] | None = None
         self.dbapi: Any = self._fairy.dbapi_connection
         self.dialect: Dialect = engine.dialect
+
+    def after_commit(self, work: Callable[[], object]) -> None:
+        """Run ``work`` once this transaction has committed (never if it
+        rolls back): what must not be seen before the change is durable,
+        such as a notification."""
+        if self._after is None:
+            self._after = []
+        self._after.append(work)
 
     def execute(self, statement: Executable, parameters: Mapping[str, Any] | None = None
                 ) -> Any:
@@ -100,6 +109,9 @@ class _Begin:
             raise
         finally:
             tx._release()
+        if exc_type is None and tx._after:
+            for work in tx._after:
+                work()
 
 
 def _make_engine(url: str) -> Engine:

@@ -81,6 +81,9 @@ class Service(TimestampMixin, Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     report_count: Mapped[int] = mapped_column(Integer, default=0)
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # new at every start of the service's process: what an operation records
+    # as its owner, so that one owned by an earlier incarnation is known dead
+    incarnation: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (Index("ix_services_host_binary", "host", "binary", unique=True),)
 
@@ -127,9 +130,21 @@ class BlockDeviceMapping(TimestampMixin, Base):
     connection_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     tag: Mapped[str | None] = mapped_column(String(255))
     delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the connector this host gave storage for the connection_info above
+    connector: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # the host-wide lock of the volume's backend when it shares targets
+    shared_target: Mapped[str | None] = mapped_column(String(36))
+    # a live mapping's device name and volume, NULL once deleted: the unique
+    # indexes below then hold one live mapping per (server, device) and per
+    # (server, volume) on every database (MariaDB has no partial indexes, and
+    # NULLs never collide)
+    live_device: Mapped[str | None] = mapped_column(String(255))
+    live_volume: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (Index("ix_bdm_instance_deleted", "instance_uuid", "deleted"),
-                      Index("ix_bdm_volume_deleted", "volume_id", "deleted"))
+                      Index("ix_bdm_volume_deleted", "volume_id", "deleted"),
+                      Index("uq_bdm_live_device", "instance_uuid", "live_device", unique=True),
+                      Index("uq_bdm_live_volume", "instance_uuid", "live_volume", unique=True))
 
 
 class InstanceAction(Base):
@@ -149,8 +164,15 @@ class InstanceAction(Base):
     # what the operation works on (a volume id), for resume/rollback after a crash
     resource_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+    # who may work on it (tether.states.operation): api, queued, running,
+    # succeeded, failed; owner: the incarnation of the service working on it
+    status: Mapped[str] = mapped_column(String(16), server_default="succeeded")
+    owner: Mapped[str | None] = mapped_column(String(36))
+    # what a recovery needs to finish or undo it (the RPC's arguments)
+    args: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_actions_instance_request", "instance_uuid", "request_id"),)
+    __table_args__ = (Index("ix_actions_instance_request", "instance_uuid", "request_id"),
+                      Index("ix_actions_unfinished", "finish_time", "status"))
 
 
 class InstanceActionEvent(Base):

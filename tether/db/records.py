@@ -29,8 +29,10 @@ from sqlalchemy import (
     Select,
     Table,
     bindparam,
+    false,
     insert,
     inspect,
+    or_,
     select,
     update,
 )
@@ -93,6 +95,7 @@ class ServiceRecord:
     disabled: bool
     report_count: int
     last_seen_at: dt.datetime | None
+    incarnation: str | None
     created_at: dt.datetime
     updated_at: dt.datetime | None
     deleted_at: dt.datetime | None
@@ -137,13 +140,57 @@ class BdmRecord:
     connection_info: dict[str, Any] | None
     tag: str | None
     delete_on_termination: bool
+    connector: dict[str, Any] | None
+    shared_target: str | None
+    live_device: str | None
+    live_volume: str | None
     created_at: dt.datetime
     updated_at: dt.datetime | None
     deleted_at: dt.datetime | None
     deleted: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    id: int
+    request_id: str
+    instance_uuid: str
+    action: str
+    project_id: str
+    user_id: str
+    start_time: dt.datetime
+    finish_time: dt.datetime | None
+    message: str | None
+    resource_id: str | None
+    updated_at: dt.datetime | None
+    status: str
+    owner: str | None
+    args: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    action_id: int
+    event: str
+    start_time: dt.datetime
+    finish_time: dt.datetime | None
+    result: str | None
+    traceback: str | None
+    host: str | None
+    details: str | None
+
+
 R = TypeVar("R")
+
+
+class Duplicate(Exception):
+    """An insert broke a unique index (two requests claimed the same thing).
+    On PostgreSQL the transaction is then unusable: let it roll back."""
+
+    def __init__(self, table: str, detail: str) -> None:
+        super().__init__(f"duplicate row in {table}: {detail}")
+        self.table = table
 Expected = Mapping[str, Any]  # column -> allowed value, or a collection of allowed values
 _COLLECTIONS = (list, tuple, set, frozenset)
 
@@ -159,13 +206,14 @@ class Gateway(Generic[R]):
         self.columns: dict[str, Column[Any]] = {
             p.key: p.columns[0] for p in mapper.column_attrs}  # type: ignore[misc]
         (self.pk,) = mapper.primary_key
+        self.pk_name = next(k for k, c in self.columns.items() if c is self.pk)
         self.select: Select[Any] = select(*[c.label(k) for k, c in self.columns.items()])
         self._by_pk = Prepared(self.select.where(self.pk == bindparam("pk_")))
         self._inserts: dict[tuple[str, ...], Prepared] = {}
         self._defaults = {k: c.default for k, c in self.columns.items()
                           if isinstance(c.default, ColumnDefault)}
         self._updates: dict[tuple[Any, ...], Prepared] = {}
-        self._stamped = [k for k, c in self.columns.items() if c.onupdate is not None]
+        self.stamped = [k for k, c in self.columns.items() if c.onupdate is not None]
         self._guard = threading.Lock()
 
     def fields(self) -> tuple[str, ...]:
@@ -204,7 +252,10 @@ class Gateway(Generic[R]):
                 *[c.label(k) for k, c in self.columns.items()]))
             with self._guard:
                 self._inserts[shape] = stmt
-        inserted = stmt.first(conn, {f"v_{k}": v for k, v in row.items()})
+        try:
+            inserted = stmt.first(conn, {f"v_{k}": v for k, v in row.items()})
+        except conn.dialect.loaded_dbapi.IntegrityError as exc:
+            raise Duplicate(self.table.name, str(exc)) from exc
         assert inserted is not None
         return self.record(*inserted)
 
@@ -226,7 +277,7 @@ class Gateway(Generic[R]):
         for column, allowed in expected.items():
             if _expectation(allowed) == "=":
                 params[f"e_{column}"] = allowed
-        for column in self._stamped:  # updated_at: what the column's onupdate would set
+        for column in self.stamped:  # updated_at: what the column's onupdate would set
             params.setdefault(f"v_{column}", models.utcnow())
         return bool(stmt.run(conn, params))
 
@@ -236,20 +287,27 @@ class Gateway(Generic[R]):
             column = self.columns[name]
             how = _expectation(allowed)
             if isinstance(how, tuple):
-                stmt = stmt.where(one_of(column, how))
+                values_, null = how
+                if values_ and null:
+                    stmt = stmt.where(or_(column.is_(None), one_of(column, values_)))
+                elif values_:
+                    stmt = stmt.where(one_of(column, values_))
+                else:
+                    stmt = stmt.where(column.is_(None) if null else false())
             elif how == "null":
                 stmt = stmt.where(column.is_(None))
             else:
                 stmt = stmt.where(column == bindparam(f"e_{name}"))
-        names = list(values) + [k for k in self._stamped if k not in values]
+        names = list(values) + [k for k in self.stamped if k not in values]
         return stmt.values({self.columns[k].key: bindparam(f"v_{k}") for k in names})
 
 
-def _expectation(allowed: Any) -> tuple[Any, ...] | str:
-    """How an expected value constrains its column: a fixed set of states
-    (part of the statement), IS NULL, or equality with a parameter."""
+def _expectation(allowed: Any) -> tuple[tuple[Any, ...], bool] | str:
+    """How an expected value constrains its column: a fixed set of values
+    (part of the statement; NULL among them as ``IS NULL``), IS NULL, or
+    equality with a parameter."""
     if isinstance(allowed, _COLLECTIONS):
-        return tuple(sorted(allowed))
+        return tuple(sorted(v for v in allowed if v is not None)), None in allowed
     return "null" if allowed is None else "="
 
 
@@ -287,3 +345,5 @@ ATTACHMENTS = Gateway(models.VolumeAttachment, AttachmentRecord)
 SERVICES = Gateway(models.Service, ServiceRecord)
 INSTANCES = Gateway(models.Instance, InstanceRecord)
 BDMS = Gateway(models.BlockDeviceMapping, BdmRecord)
+ACTIONS = Gateway(models.InstanceAction, ActionRecord)
+EVENTS = Gateway(models.InstanceActionEvent, EventRecord)

@@ -15,12 +15,16 @@ DETACHING = "detaching"
 DELETING = "deleting"
 ERROR = "error"
 ERROR_DELETING = "error_deleting"
+DELETED = "deleted"
 
 STATES = (CREATING, AVAILABLE, RESERVED, ATTACHING, IN_USE, DETACHING, DELETING, ERROR,
-          ERROR_DELETING)
+          ERROR_DELETING, DELETED)
 ATTACHED_STATES = frozenset({RESERVED, ATTACHING, IN_USE, DETACHING})
+# a status some request is in the middle of; a volume found in one with
+# nothing working on it (a crash) is settled by the volume service
+TRANSITIONAL = frozenset({CREATING, RESERVED, ATTACHING, DETACHING, DELETING})
 
-MACHINE = StateMachine("Volume", STATES, [
+MACHINE = StateMachine("Volume", {"status": STATES}, [
     t("create_done", [CREATING], AVAILABLE),
     t("create_fail", [CREATING], ERROR),
     # new flow (attachments API)
@@ -43,11 +47,16 @@ MACHINE = StateMachine("Volume", STATES, [
       ATTACHING),
     # delete
     t("delete", [AVAILABLE, ERROR, ERROR_DELETING], DELETING),
+    t("delete_done", [DELETING], DELETED),
     t("delete_fail", [DELETING], ERROR_DELETING),
+    # os-reset_status (admin): from anything (a volume stuck creating
+    # included), to any status a service is not working on
+    t("reset", [s for s in STATES if s != DELETED],
+      *[s for s in STATES if s not in (CREATING, DELETING, DELETED)]),
 ])
 
-# what os-reset_status may set (admin only, no table check beyond validity)
-RESETTABLE = frozenset(STATES) - {CREATING, DELETING}
+# what os-reset_status may set (admin only)
+RESETTABLE = MACHINE.transition("reset").targets["status"]
 
 
 def settled_status(remaining_attach_statuses: Iterable[str]) -> str:

@@ -12,41 +12,33 @@ from __future__ import annotations
 import logging
 import uuid
 
-from sqlalchemy import bindparam
-
 from tether import policy
 from tether.connection import ConnectionInfo, Connector
 from tether.context import RequestContext
-from tether.db import models
 from tether.db.api import Tx
-from tether.db.records import ATTACHMENTS, VOLUMES, AttachmentRecord, by
+from tether.db.models import utcnow
+from tether.db.records import AttachmentRecord
 from tether.exceptions import AttachmentNotFound, InvalidInput, InvalidVolume
 from tether.states import attachment as att_states
 from tether.states import volume as vol_states
 from tether.volume.api import VolumeAPI
 
 LOG = logging.getLogger(__name__)
-_A = ATTACHMENTS.columns
-# legacy connections not yet attached to an instance
-_PENDING = by(ATTACHMENTS, _A["volume_id"] == bindparam("volume_id"), _A["deleted"].is_(False),
-              _A["instance_uuid"].is_(None),
-              _A["attach_status"].in_([att_states.ATTACHING, att_states.RESERVED]),
-              order=[_A["created_at"]])
 
 
 class LegacyActions:
     def __init__(self, api: VolumeAPI) -> None:
         self.api = api
-        self.db = api.db
+        self.repo = api.repo
 
     def reserve(self, ctx: RequestContext, volume_id: str) -> None:
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, "volume:reserve")
             event = "legacy_reserve_multiattach" if vol.multiattach else "legacy_reserve"
-            self.api._transition(c, vol, event)
+            self.api.transition(c, vol, event)
 
     def unreserve(self, ctx: RequestContext, volume_id: str) -> None:
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, "volume:unreserve")
             if vol.status not in (vol_states.ATTACHING, vol_states.RESERVED):
                 raise InvalidVolume(f"Volume {vol.id} must be attaching or reserved to "
@@ -54,51 +46,50 @@ class LegacyActions:
             self.api.settle(c, vol)
 
     def begin_detaching(self, ctx: RequestContext, volume_id: str) -> None:
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, "volume:begin_detaching")
-            self.api._transition(c, vol, "begin_detaching")
+            self.api.transition(c, vol, "begin_detaching")
 
     def roll_detaching(self, ctx: RequestContext, volume_id: str) -> None:
         """Idempotent: a volume already back in use is left alone."""
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, "volume:roll_detaching")
             if vol.status != vol_states.IN_USE:
-                self.api._transition(c, vol, "roll_detaching")
+                self.api.transition(c, vol, "roll_detaching")
 
     def initialize_connection(self, ctx: RequestContext, volume_id: str,
                               connector: Connector) -> ConnectionInfo:
         values = {"initiator": connector.initiator, "connector": connector.to_dict(),
                   "attached_host": connector.host or None}
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, "volume:initialize_connection")
             if vol.status not in vol_states.ATTACHED_STATES:
                 raise InvalidVolume(f"Volume {vol.id} must be attaching, reserved or in-use "
                                     f"to initialize a connection, but it is {vol.status}.")
             att = self._pending(c, vol.id, connector)
             if att is None:
-                att = ATTACHMENTS.insert(c, {
+                att = self.repo.new_attachment(c, {
                     "id": str(uuid.uuid4()), "volume_id": vol.id,
-                    "attach_status": att_states.ATTACHING, "attach_mode": "rw",
-                    "created_at": models.utcnow(), "deleted": False, **values})
+                    "attach_status": att_states.ATTACHING, "attach_mode": "rw", **values})
             else:
-                ATTACHMENTS.update(c, att.id, values)
+                self.repo.set_attachment(c, att, values)
         try:
             info = self.api.rpcapi.sync_export(ctx, vol.host or "", volume_id)
         except Exception:
-            with self.db.begin() as c:
-                ATTACHMENTS.update(c, att.id, {
-                    "deleted": True, "deleted_at": models.utcnow(),
-                    "attach_status": att_states.DETACHED}, {"instance_uuid": None})
+            with self.repo.begin() as c:
+                now = self.repo.attachment(c, att.id)
+                if now is not None and now.instance_uuid is None and not now.deleted:
+                    self.repo.apply(c, att_states.MACHINE, now, "delete",
+                                    values=self.repo.deleted_values())
             raise
         if info is None:
             raise InvalidVolume(f"Volume {volume_id} was not exported.")
         return info
 
-    @staticmethod
-    def _pending(c: Tx, volume_id: str, connector: Connector
+    def _pending(self, c: Tx, volume_id: str, connector: Connector
                  ) -> AttachmentRecord | None:
         """A legacy connection of this host not yet attached to an instance."""
-        for row in ATTACHMENTS.all(c, _PENDING, {"volume_id": volume_id}):
+        for row in self.repo.pending_legacy(c, volume_id):
             if row.initiator in (None, connector.initiator):
                 return row
         return None
@@ -107,9 +98,9 @@ class LegacyActions:
                              connector: Connector) -> None:
         """The initiator stops being admitted for one of its connections (it
         stays admitted while another live attachment uses it)."""
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, "volume:terminate_connection")
-            rows = [r for r in self.api.live_attachments_of(c, vol.id)
+            rows = [r for r in self.repo.live_attachments(c, vol.id)
                     if r.initiator == connector.initiator]
             if not rows:
                 LOG.info("terminate_connection: volume %s has no connection from %s",
@@ -117,38 +108,39 @@ class LegacyActions:
                 return
             same_host = [r for r in rows if r.attached_host == (connector.host or None)]
             row = (same_host or rows)[0]
-            ATTACHMENTS.update(c, row.id, {"initiator": None})
+            self.repo.set_attachment(c, row, {"initiator": None})
         try:
             self.api.rpcapi.sync_export(ctx, vol.host or "", volume_id)
         except Exception:
-            with self.db.begin() as c:
-                ATTACHMENTS.update(c, row.id, {"initiator": row.initiator})
+            with self.repo.begin() as c:
+                self.repo.set_attachment(c, row, {"initiator": row.initiator},
+                                         {"initiator": None})
             raise
 
     def attach(self, ctx: RequestContext, volume_id: str, instance_uuid: str | None,
                mountpoint: str | None, host_name: str | None, mode: str) -> None:
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, "volume:attach")
-            pending = ATTACHMENTS.all(c, _PENDING, {"volume_id": vol.id})
+            pending = self.repo.pending_legacy(c, vol.id)
             att = next((a for a in pending if host_name is None
                         or a.attached_host in (None, host_name)), None)
-            self.api._transition(c, vol, "attach_complete")
+            self.api.transition(c, vol, "attach_complete")
             values = {"instance_uuid": instance_uuid, "mountpoint": mountpoint,
-                      "attach_mode": mode, "attach_status": att_states.ATTACHED,
-                      "attached_at": models.utcnow()}
+                      "attach_mode": mode, "attached_at": utcnow()}
             if att is None:
-                ATTACHMENTS.insert(c, {"id": str(uuid.uuid4()), "volume_id": vol.id,
-                                       "created_at": models.utcnow(), "deleted": False,
-                                       "attached_host": host_name, **values})
+                self.repo.new_attachment(c, {
+                    "id": str(uuid.uuid4()), "volume_id": vol.id,
+                    "attach_status": att_states.ATTACHED, "attached_host": host_name,
+                    **values})
             else:
-                ATTACHMENTS.update(c, att.id, {
+                self.repo.apply(c, att_states.MACHINE, att, "legacy_attach", values={
                     "attached_host": host_name or att.attached_host, **values})
 
     def _live_ids(self, ctx: RequestContext, volume_id: str, rule: str = "volume:get"
                   ) -> list[str]:
-        with self.db.begin() as c:
+        with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, rule)
-            return [a.id for a in self.api.live_attachments_of(c, vol.id)]
+            return [a.id for a in self.repo.live_attachments(c, vol.id)]
 
     def detach(self, ctx: RequestContext, volume_id: str, attachment_id: str | None) -> None:
         live = self._live_ids(ctx, volume_id, "volume:detach")
@@ -171,7 +163,7 @@ class LegacyActions:
             raise InvalidInput("os-reset_status needs 'status' and/or 'attach_status'.")
         if status is not None and status not in vol_states.RESETTABLE:
             raise InvalidInput(f"Invalid status {status!r}: expected one of "
-                               f"{', '.join(sorted(vol_states.RESETTABLE))}.")
+                               f"{', '.join(sorted(map(str, vol_states.RESETTABLE)))}.")
         if attach_status not in (None, "detached"):
             raise InvalidInput(f"Invalid attach_status {attach_status!r}: only 'detached' "
                                "can be set (attachments are created by attaching).")
@@ -181,11 +173,11 @@ class LegacyActions:
                         "attachment(s)", ctx.user_id, volume_id, len(live))
             self.api.remove_attachments(ctx, volume_id, live)
         if status is not None:
-            with self.db.begin() as c:
+            with self.repo.begin() as c:
                 vol = self.api._volume(c, ctx, volume_id)
                 LOG.warning("admin %s resets volume %s status %s -> %s", ctx.user_id,
                             vol.id, vol.status, status)
-                VOLUMES.update(c, vol.id, {"status": status})
+                self.api.transition(c, vol, "reset", status)
 
     def force_detach(self, ctx: RequestContext, volume_id: str,
                      attachment_id: str | None) -> None:
@@ -198,9 +190,3 @@ class LegacyActions:
         LOG.warning("admin %s force-detaches %d attachment(s) of volume %s", ctx.user_id,
                     len(live), volume_id)
         self.api.remove_attachments(ctx, volume_id, live)
-        with self.db.begin() as c:
-            vol = VOLUMES.get(c, volume_id)
-            if vol is not None and vol.status == vol_states.DETACHING:
-                remaining = self.api.live_attachments_of(c, volume_id)
-                VOLUMES.update(c, volume_id, {"status": vol_states.settled_status(
-                    a.attach_status for a in remaining)})

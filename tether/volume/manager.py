@@ -6,27 +6,32 @@ The rule that makes every export operation idempotent and crash-safe:
 attachments that have a connector* and makes the target match it — export
 with exactly those initiators, or no target at all when there are none.
 Attachment update, attachment delete, terminate_connection and the
-reconcile on start all call it.
+reconcile all call it.
+
+Recovery (:meth:`VolumeManager.reconcile`, on start and every
+``[volume] reconcile_interval``): a volume still ``creating`` or
+``deleting`` is created or deleted again (both are idempotent); every export
+is made to match the database; a volume whose status a crashed request left
+contradicting its attachments is settled.  ``docs/recovery.md`` has the table.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 import threading
 from collections import defaultdict
-
-from sqlalchemy import bindparam, select
+from dataclasses import dataclass
 
 from tether.connection import ConnectionInfo
-from tether.db import models
-from tether.db.api import Database
-from tether.db.prepared import Prepared
-from tether.db.records import ATTACHMENTS, VOLUMES, VolumeRecord, one_of
-from tether.exceptions import BackendError, InvalidVolume, VolumeNotFound
-from tether.states import attachment as att_states
+from tether.db.models import utcnow
+from tether.db.records import VolumeRecord
+from tether.exceptions import BackendError, Conflict, InvalidVolume, VolumeNotFound
 from tether.states import volume as vol_states
+from tether.states.machine import InvalidTransition
 from tether.volume.backends.base import VolumeBackend
+from tether.volume.repository import VolumeRepository
 from tether.volume.targets.base import (
     ChapCredentials,
     ExportLocation,
@@ -36,11 +41,6 @@ from tether.volume.targets.base import (
 )
 
 LOG = logging.getLogger(__name__)
-_A = ATTACHMENTS.columns
-# the ACL of an export: initiators of the volume's live, connected attachments
-_INITIATORS = Prepared(select(_A["initiator"]).where(
-    _A["volume_id"] == bindparam("volume_id"), _A["deleted"].is_(False),
-    _A["initiator"].is_not(None), one_of(_A["attach_status"], att_states.LIVE_STATES)))
 
 
 def _connection_info(volume_id: str, location: ExportLocation,
@@ -57,13 +57,28 @@ def new_chap() -> ChapCredentials:
                            password=secrets.token_urlsafe(12)[:16])
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    restored: int  # exports re-created
+    removed: int  # stray exports removed
+    created: int  # volumes left creating, created now
+    deleted: int  # volumes left deleting, deleted now
+    settled: int  # statuses a crash left behind, settled
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
 class VolumeManager:
-    def __init__(self, db: Database, backend: VolumeBackend, target: TargetDriver,
-                 host: str) -> None:
-        self.db = db
+    def __init__(self, repo: VolumeRepository, backend: VolumeBackend, target: TargetDriver,
+                 host: str, stale_after: float = 600.0) -> None:
+        """``stale_after``: seconds after which a transitional status nothing
+        has changed is a crash's leftover (the periodic reconcile's rule)."""
+        self.repo = repo
         self.backend = backend
         self.target = target
         self.host = host
+        self.stale_after = stale_after
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
 
@@ -71,47 +86,56 @@ class VolumeManager:
         with self._locks_guard:
             return self._locks[volume_id]
 
+    def _get(self, volume_id: str) -> VolumeRecord | None:
+        with self.repo.begin() as c:
+            return self.repo.volume(c, volume_id)
+
     # -- volume data -------------------------------------------------------
 
     def create_volume(self, volume_id: str) -> None:
-        with self.db.begin() as c:
-            vol = VOLUMES.get(c, volume_id)
-        if vol is None:
-            raise VolumeNotFound(volume_id)
-        size = vol.size
-        chap = new_chap()
-        try:
-            self.backend.create(volume_id, size)
-        except BackendError:
-            LOG.exception("creating volume %s failed", volume_id)
-            self._set_status(volume_id, "create_fail")
-            return
-        with self.db.begin() as c:
-            VOLUMES.update(c, volume_id,
-                           {"status": vol_states.AVAILABLE, "chap_username": chap.username,
-                            "chap_password": chap.password},
-                           {"status": vol_states.MACHINE.sources("create_done")})
-        LOG.info("volume %s created (%d GiB)", volume_id, size)
+        """Create the data of a ``creating`` volume, then make it available
+        with its CHAP credentials; a volume no longer creating (created by a
+        recovery already) is left alone."""
+        with self._lock(volume_id):
+            vol = self._get(volume_id)
+            if vol is None:
+                raise VolumeNotFound(volume_id)
+            if vol.status != vol_states.CREATING:
+                LOG.info("volume %s is %s: nothing to create", volume_id, vol.status)
+                return
+            try:
+                self.backend.create(volume_id, vol.size)
+            except BackendError:
+                LOG.exception("creating volume %s failed", volume_id)
+                self._apply(vol, "create_fail")
+                return
+            chap = new_chap()
+            self._apply(vol, "create_done", chap_username=chap.username,
+                        chap_password=chap.password)
+        LOG.info("volume %s created (%d GiB)", volume_id, vol.size)
 
     def delete_volume(self, volume_id: str) -> None:
+        """Remove the export and the data of a ``deleting`` volume."""
         with self._lock(volume_id):
+            vol = self._get(volume_id)
+            if vol is None or vol.status != vol_states.DELETING:
+                LOG.info("volume %s is %s: nothing to delete", volume_id,
+                         vol.status if vol else "gone")
+                return
             try:
                 self.target.unexport(volume_id)
                 self.backend.delete(volume_id)
             except (BackendError, TargetError):
                 LOG.exception("deleting volume %s failed", volume_id)
-                self._set_status(volume_id, "delete_fail")
+                self._apply(vol, "delete_fail")
                 return
-            with self.db.begin() as c:
-                VOLUMES.update(c, volume_id, {"deleted": True, "deleted_at": models.utcnow(),
-                                              "status": "deleted", "chap_password": None})
+            self._apply(vol, "delete_done", deleted=True, deleted_at=utcnow(),
+                        chap_password=None)
         LOG.info("volume %s deleted", volume_id)
 
-    def _set_status(self, volume_id: str, event: str) -> None:
-        tr = vol_states.MACHINE.transition(event)
-        (target,) = tr.targets
-        with self.db.begin() as c:
-            VOLUMES.update(c, volume_id, {"status": target}, {"status": tr.sources})
+    def _apply(self, vol: VolumeRecord, event: str, **values: object) -> None:
+        with self.repo.begin() as c:
+            self.repo.apply(c, vol_states.MACHINE, vol, event, values=values)
 
     # -- exports -----------------------------------------------------------
 
@@ -119,18 +143,17 @@ class VolumeManager:
         """Make the target hold exactly the ACL of the volume's live
         attachments; how to reach it, or None when nothing is exported."""
         with self._lock(volume_id):
-            with self.db.begin() as c:
-                vol = VOLUMES.get(c, volume_id)
+            with self.repo.begin() as c:
+                vol = self.repo.volume(c, volume_id)
                 if vol is None or vol.deleted:
                     raise VolumeNotFound(volume_id)
-                initiators = frozenset(r[0] for r in _INITIATORS.rows(c, {"volume_id": volume_id}))
-            chap = self._chap(vol)
+                initiators = self.repo.initiators(c, volume_id)
             if not initiators:
                 self.target.unexport(volume_id)
                 LOG.info("volume %s: no live connection, export removed", volume_id)
                 return None
-            spec = ExportSpec(volume_id, self.backend.path(volume_id), chap,
-                              frozenset(i for i in initiators if i))
+            chap = self._chap(vol)
+            spec = ExportSpec(volume_id, self.backend.path(volume_id), chap, initiators)
             location = self.target.export(spec)
             LOG.info("volume %s exported as %s to %d initiator(s)", volume_id,
                      location.target_iqn, len(spec.initiators))
@@ -138,12 +161,10 @@ class VolumeManager:
 
     def connection_info(self, volume_id: str) -> ConnectionInfo:
         """Where the volume's export is and how to log in, without touching the target."""
-        with self.db.begin() as c:
-            vol = VOLUMES.get(c, volume_id)
+        vol = self._get(volume_id)
         if vol is None:
             raise VolumeNotFound(volume_id)
-        chap = self._chap(vol)
-        return _connection_info(volume_id, self.target.location(volume_id), chap)
+        return _connection_info(volume_id, self.target.location(volume_id), self._chap(vol))
 
     @staticmethod
     def _chap(vol: VolumeRecord) -> ChapCredentials:
@@ -152,28 +173,75 @@ class VolumeManager:
                                 f"{vol.status}); it cannot be exported.")
         return ChapCredentials(vol.chap_username, vol.chap_password)
 
-    # -- start-up ----------------------------------------------------------
+    # -- recovery ----------------------------------------------------------
 
-    def reconcile(self) -> dict[str, int]:
-        """Make the target match the database after a restart of tgtd or of
-        this service: re-create lost exports, drop exports nobody owns."""
+    def reconcile(self, at_start: bool = False) -> Reconciled:
+        """Make this backend equal to the database after a restart of tgtd or
+        of this service, and finish what a crash left half-done.  At start
+        every volume left ``creating`` or ``deleting`` is finished (no request
+        of this service can be running); later only those older than
+        ``stale_after`` (a lost message)."""
+        cutoff = utcnow() - dt.timedelta(seconds=0 if at_start else self.stale_after)
+        with self.repo.begin() as c:
+            left = [v for v in self.repo.volumes_of_host(
+                c, self.host, (vol_states.CREATING, vol_states.DELETING))
+                if at_start or (v.updated_at or v.created_at) < cutoff]
+        created = deleted = 0
+        for vol in left:
+            LOG.warning("volume %s was left %s: finishing it", vol.id, vol.status)
+            if vol.status == vol_states.CREATING:
+                self.create_volume(vol.id)
+                created += 1
+            else:
+                self.delete_volume(vol.id)
+                deleted += 1
+        restored, removed = self._reconcile_exports()
+        settled = self._settle_leftovers(utcnow() - dt.timedelta(seconds=self.stale_after))
+        result = Reconciled(restored, removed, created, deleted, settled)
+        LOG.info("reconcile: %s", result.as_dict())
+        return result
+
+    def _reconcile_exports(self) -> tuple[int, int]:
         held = self.target.exports()
-        with self.db.session() as s:
-            mine = set(s.scalars(select(models.Volume.id).where(
-                models.Volume.host == self.host, models.Volume.deleted.is_(False))).all())
-            known = set(s.scalars(select(models.Volume.id).where(
-                models.Volume.id.in_(list(held)), models.Volume.deleted.is_(False))).all())
+        with self.repo.begin() as c:
+            mine = {v.id for v in self.repo.volumes_of_host(c, self.host)
+                    if v.status not in (vol_states.CREATING, vol_states.DELETING)}
+            known = self.repo.live_volume_ids(c, held)
         restored = removed = 0
         for volume_id in sorted(mine):
             try:
                 if self.sync_export(volume_id) is not None:
                     restored += volume_id not in held
-            except (InvalidVolume, TargetError):
+            except (InvalidVolume, TargetError, VolumeNotFound):
                 LOG.exception("reconcile: volume %s could not be re-exported", volume_id)
         # an export whose volume is gone (deleted, or never ours) is a leak
         for volume_id in sorted(set(held) - mine - known):
             self.target.unexport(volume_id)
             removed += 1
-        LOG.info("reconcile: %d export(s) re-created, %d stray export(s) removed",
-                 restored, removed)
-        return {"restored": restored, "removed": removed}
+        return restored, removed
+
+    def _settle_leftovers(self, cutoff: dt.datetime) -> int:
+        """A volume whose status contradicts its attachments and that nothing
+        changed since ``cutoff``: what a request that died between its two
+        writes left (an attachment deleted, the status not yet settled).  A
+        volume ``detaching`` with its attachment still there is the compute
+        side's (its detach is resumed or rolled back there)."""
+        settled = 0
+        with self.repo.begin() as c:
+            vols = [v for v in self.repo.volumes_of_host(
+                c, self.host, vol_states.MACHINE.sources("settle")["status"])
+                if (v.updated_at or v.created_at) < cutoff]
+            for vol in vols:
+                remaining = self.repo.live_attachments(c, vol.id)
+                target = vol_states.settled_status(a.attach_status for a in remaining)
+                if target == vol.status or (vol.status == vol_states.DETACHING and remaining):
+                    continue
+                try:
+                    self.repo.apply(c, vol_states.MACHINE, vol, "settle",
+                                    to={"status": target})
+                except (InvalidTransition, Conflict):
+                    continue  # it moved: someone is working on it
+                LOG.warning("volume %s was left %s; settled to %s", vol.id, vol.status,
+                            target)
+                settled += 1
+        return settled

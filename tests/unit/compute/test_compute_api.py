@@ -9,10 +9,18 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Api, Tether, wait_for
-from tether.context import RequestContext
+from tests.harness import (
+    Api,
+    Tether,
+    bdm_of,
+    db_rows,
+    queued_detach,
+    run_on_host,
+    set_row,
+    wait_for,
+)
+from tether.compute.operations import ATTACH_STEPS, DETACH_STEPS
 from tether.db import models
-from tether.operations import ATTACH_STEPS, DETACH_STEPS
 from tether.virt.driver import disk_alias
 from tether.virt.fake import FakeDriver
 
@@ -338,9 +346,7 @@ def test_detach_checks_in_spec_order(tether: Tether) -> None:
 def test_root_volume_cannot_be_detached(tether: Tether) -> None:
     nova, _cinder, sid, vid = _setup(tether)
     _attach(tether, nova, sid, vid)
-    with tether.db.session() as s:
-        bdm = s.query(models.BlockDeviceMapping).filter_by(volume_id=vid).one()
-        bdm.boot_index = 0
+    set_row(tether.db, models.BlockDeviceMapping, bdm_of(tether.db, sid, vid).id, boot_index=0)
     res = nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
     assert res.status_code == 400
     assert res.json["badRequest"]["message"] == "Cannot detach a root device volume."
@@ -349,34 +355,25 @@ def test_root_volume_cannot_be_detached(tether: Tether) -> None:
 def test_shelved_needs_220(tether: Tether) -> None:
     nova, _cinder, sid, vid = _setup(tether)
     _attach(tether, nova, sid, vid)
-    with tether.db.session() as s:
-        inst = s.get(models.Instance, sid)
-        assert inst is not None
-        inst.vm_state = "shelved"
+    set_row(tether.db, models.Instance, sid, vm_state="shelved")
     res = nova.as_version("2.19").delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
     assert res.status_code == 409 and "2.20" in res.json["conflictingRequest"]["message"]
-    with tether.db.session() as s:
-        inst = s.get(models.Instance, sid)
-        assert inst is not None
-        inst.vm_state = "active"
+    set_row(tether.db, models.Instance, sid, vm_state="active")
 
 
 def test_compute_service_down_is_409_and_changes_nothing(tether: Tether) -> None:
     nova, cinder, sid, vid = _setup(tether)
     _attach(tether, nova, sid, vid)
-    with tether.db.session() as s:
-        svc = s.query(models.Service).filter_by(binary="tether-compute").one()
-        seen = svc.last_seen_at
-        svc.last_seen_at = models.utcnow() - dt.timedelta(hours=1)
+    (svc,) = db_rows(tether.db, models.Service, binary="tether-compute")
+    set_row(tether.db, models.Service, svc.id,
+            last_seen_at=models.utcnow() - dt.timedelta(hours=1))
     try:
         res = nova.delete(f"/v2.1/servers/{sid}/os-volume_attachments/{vid}")
         assert res.status_code == 409
         assert "unavailable" in res.json["conflictingRequest"]["message"]
         assert _status(cinder, vid) == "in-use"
     finally:
-        with tether.db.session() as s:
-            svc = s.query(models.Service).filter_by(binary="tether-compute").one()
-            svc.last_seen_at = seen
+        set_row(tether.db, models.Service, svc.id, last_seen_at=svc.last_seen_at)
 
 
 def test_user_cannot_pull_an_attachment_from_under_a_guest(tether: Tether) -> None:
@@ -423,10 +420,8 @@ def test_delete_server_goes_on_when_a_volume_cannot_be_cleaned(tether: Tether) -
                  what="server deleted")
     finally:
         connector.fail_on.discard("disconnect")  # type: ignore[attr-defined]
-    with tether.db.session() as s:
-        row = s.query(models.InstanceAction).filter_by(instance_uuid=sid,
-                                                       action="delete").one()
-        assert row.finish_time is not None and row.message == "Error"
+    (row,) = db_rows(tether.db, models.InstanceAction, instance_uuid=sid, action="delete")
+    assert row.finish_time is not None and row.message == "Error"
     # the volume keeps its attachment for an operator to look at, it is not lost
     assert _status(cinder, vid) == "in-use"
 
@@ -451,17 +446,10 @@ def test_server_registered_elsewhere_skips_driver_detach_but_cleans_storage(
     (evacuated meanwhile): no guest work here, the storage side is cleaned."""
     nova, cinder, sid, vid = _setup(tether)
     _attach(tether, nova, sid, vid)
-    tether.api("admin:p1").post(f"/v3/volumes/{vid}/action", {"os-begin_detaching": {}})
-    with tether.db.session() as s:
-        inst = s.get(models.Instance, sid)
-        assert inst is not None
-        inst.host = "elsewhere"
-        bdm = s.query(models.BlockDeviceMapping).filter_by(volume_id=vid).one()
-        attachment_id = bdm.attachment_id
-    ctx = RequestContext("alice", "p1")
-    manager = tether.embedded.compute.manager
-    action = manager.ops.start_action(ctx, sid, "detach_volume", vid)
-    assert manager.detach.run(ctx, sid, vid, attachment_id, action)
+    action_id = queued_detach(tether, sid, vid)
+    set_row(tether.db, models.Instance, sid, host="elsewhere")
+    assert run_on_host(tether, sid, action_id)
+    assert tether.wait_action(nova, sid, "detach_volume")["message"] is None
     assert "the instance is registered to host elsewhere" in caplog.text
     assert disk_alias(vid) in {d.alias for d in _virt(tether).list_disks(sid)}  # untouched
     assert _status(cinder, vid) == "available"

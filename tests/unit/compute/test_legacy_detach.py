@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Tether, add_old_flow_bdm
-from tether.context import RequestContext
+from tests.harness import Tether, add_old_flow_bdm, queued_detach, run_on_host, set_row
 from tether.db import models
 
 OLD_IQN = "iqn.2026-11.org.example:old-host"
@@ -31,20 +30,14 @@ def _legacy_attached(t: Tether, stash: dict[str, Any] | None) -> tuple[str, str]
     if stash is not None:
         info["connector"] = stash
     add_old_flow_bdm(t.db, sid, vid, info)
-    with t.db.session() as s:
-        inst = s.get(models.Instance, sid)
-        assert inst is not None
-        inst.host = "old-host"  # evacuated: this host runs what old-host connected
+    set_row(t.db, models.Instance, sid, host="old-host")  # registered to old-host now
     assert OLD_IQN in t.target.exports()[vid].initiators
     return sid, vid
 
 
 def _detach(t: Tether, sid: str, vid: str) -> None:
-    t.api("admin:p1").post(f"/v3/volumes/{vid}/action", {"os-begin_detaching": {}})
-    ctx = RequestContext("alice", "p1")
-    manager = t.embedded.compute.manager
-    action = manager.ops.start_action(ctx, sid, "detach_volume", vid)
-    assert manager.detach.run(ctx, sid, vid, None, action)
+    """The cast reaches this host (the API would refuse: old-host is down)."""
+    assert run_on_host(t, sid, queued_detach(t, sid, vid))
     assert t.api().get(f"/v3/volumes/{vid}").json["volume"]["status"] == "available"
     assert vid not in t.target.exports()
 

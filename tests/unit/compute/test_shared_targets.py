@@ -49,7 +49,7 @@ class GatedConnector(FakeConnector):
         finally:
             self._leave()
 
-    def disconnect(self, info: ConnectionInfo) -> None:
+    def disconnect(self, info: ConnectionInfo, *, force: bool = False) -> None:
         self._enter()
         try:
             super().disconnect(info)

@@ -11,13 +11,9 @@ from typing import Any
 import pytest
 from waitress.server import create_server
 
-from tether.compute.volume_client import (
-    HttpTransport,
-    Transport,
-    VolumeClient,
-    WsgiTransport,
-)
+from tether.compute.volume_client import VolumeClient
 from tether.exceptions import BackendError, Conflict, InvalidVolume, VolumeNotFound
+from tether.restclient import HttpTransport, Transport, WsgiTransport
 from tether.service import HttpServer
 
 SEEN: list[dict[str, Any]] = []

@@ -1,21 +1,27 @@
-"""What prepared statements must do on every database Tether runs on; run on
-SQLite by the unit tests and on PostgreSQL and MariaDB by the integration
-tests (tests/integration/test_databases.py)."""
+"""What prepared statements and the state primitives built on them must do on
+every database Tether runs on; run on SQLite by the unit tests and on
+PostgreSQL and MariaDB by the integration tests
+(tests/integration/test_databases.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
 
 import pytest
 from sqlalchemy import bindparam, select, update
 
+from tether.compute.operations import Operations
+from tether.compute.repository import ComputeRepository, DeviceTaken
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
 from tether.db.prepared import Prepared
 from tether.db.records import ATTACHMENTS, BDMS, INSTANCES, VOLUMES, by, one_of
-from tether.operations import Operations
+from tether.exceptions import Conflict
+from tether.states import server as srv_states
+from tether.states.machine import InvalidTransition
 
 _V = VOLUMES.columns
 _GET = Prepared(select(_V["meta"], _V["created_at"], _V["multiattach"], _V["updated_at"],
@@ -92,7 +98,7 @@ def operations_record_their_steps(db: Database) -> None:
         INSTANCES.insert(c, {"uuid": server, "name": "s", "project_id": "p", "user_id": "u",
                              "flavor_id": "1", "vcpus": 1, "memory_mb": 64,
                              "vm_state": "active", "meta": {}})
-    ops = Operations(db, "host-a")
+    ops = Operations(ComputeRepository(db), "host-a", owner="me")
     action = ops.start_action(RequestContext(user_id="u", project_id="p"), server,
                               "detach_volume", "v1", done_step="s1:compute_api")
     with ops.batched():
@@ -176,7 +182,102 @@ def a_refused_statement_rolls_back_and_returns_the_connection(db: Database) -> N
     assert db.engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
 
 
+def _server(db: Database) -> str:
+    server = str(uuid.uuid4())
+    with db.begin() as c:
+        INSTANCES.insert(c, {"uuid": server, "name": "s", "project_id": "p", "user_id": "u",
+                             "flavor_id": "1", "vcpus": 1, "memory_mb": 64,
+                             "vm_state": "active", "task_state": None, "meta": {}})
+    return server
+
+
+def _claim(repo: ComputeRepository, server: str, device: str, volume: str) -> int:
+    with repo.begin() as c:
+        return repo.claim_bdm(c, {"uuid": str(uuid.uuid4()), "instance_uuid": server,
+                                  "volume_id": volume, "device_name": device,
+                                  "source_type": "volume", "destination_type": "volume"}).id
+
+
+def a_server_holds_a_device_name_and_a_volume_once(db: Database) -> None:
+    """The unique indexes of live mappings: a second claim of a device or of
+    a volume is refused (and the refused transaction leaves nothing); a
+    released mapping frees both."""
+    repo, server = ComputeRepository(db), _server(db)
+    first = _claim(repo, server, "/dev/sdb", "v1")
+    with pytest.raises(DeviceTaken):
+        _claim(repo, server, "/dev/sdb", "v2")
+    with pytest.raises(DeviceTaken):
+        _claim(repo, server, "/dev/sdc", "v1")
+    assert _claim(repo, _server(db), "/dev/sdb", "v1") > 0  # another server: fine
+    with db.begin() as c:
+        assert [b.id for b in repo.live_bdms(c, server)] == [first]
+        bdm = repo.live_bdm(c, server, "v1")
+        assert bdm is not None
+        repo.release_bdm(c, bdm)
+    again = _claim(repo, server, "/dev/sdb", "v1")
+    with db.begin() as c:
+        assert [b.id for b in repo.live_bdms(c, server)] == [again]
+        assert repo.bdm(c, bdm.uuid).deleted  # type: ignore[union-attr]
+
+
+def concurrent_claims_of_one_device_one_wins(db: Database) -> None:
+    """Eight threads claim /dev/sdb of one server at once: exactly one wins,
+    every other one is told the device is taken."""
+    repo, server = ComputeRepository(db), _server(db)
+    outcomes: list[str] = []
+    start = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        start.wait()
+        try:
+            _claim(repo, server, "/dev/sdb", f"v{n}")
+            outcomes.append("won")
+        except DeviceTaken:
+            outcomes.append("taken")
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert sorted(outcomes) == ["taken"] * 7 + ["won"]
+
+
+def apply_is_one_conditional_update(db: Database) -> None:
+    """A transition checks the table, then changes the row only if it still
+    is in a source state (NULL task_state included); a loser is told the
+    state that beat it."""
+    repo, server = ComputeRepository(db), _server(db)
+    with db.begin() as c:
+        inst = repo.server(c, server)
+        assert inst is not None
+        stopping = repo.apply(c, srv_states.MACHINE, inst, "stop")
+    assert stopping.task_state == srv_states.POWERING_OFF
+    with db.begin() as c, pytest.raises(InvalidTransition, match="task_state is powering-off"):
+        repo.apply(c, srv_states.MACHINE, inst, "detach_volume")  # (a stale record)
+    with db.begin() as c:
+        done = repo.apply(c, srv_states.MACHINE, stopping, "stop_done")
+        assert repo.server(c, server).vm_state == "stopped"  # type: ignore[union-attr]
+    assert (done.vm_state, done.task_state) == ("stopped", None)
+    with db.begin() as c, pytest.raises(Conflict):  # the table allows it, the owner moved
+        repo.apply(c, srv_states.MACHINE, done, "start", expect={"locked": True})
+
+
+def after_commit_runs_only_once_committed(db: Database) -> None:
+    seen: list[str] = []
+    with db.begin() as c:
+        c.after_commit(lambda: seen.append("a"))
+        assert seen == []
+    with pytest.raises(RuntimeError), db.begin() as c:
+        c.after_commit(lambda: seen.append("b"))
+        raise RuntimeError("rolled back")
+    assert seen == ["a"]
+
+
 CASES = [gateway_insert_applies_defaults_and_returns_the_row, values_round_trip,
          fixed_states_and_rowcount, takes_part_in_the_transaction, many_rows,
          operations_record_their_steps, prepared_and_sqlalchemy_share_one_transaction,
-         a_refused_statement_rolls_back_and_returns_the_connection]
+         a_refused_statement_rolls_back_and_returns_the_connection,
+         a_server_holds_a_device_name_and_a_volume_once,
+         concurrent_claims_of_one_device_one_wins, apply_is_one_conditional_update,
+         after_commit_runs_only_once_committed]

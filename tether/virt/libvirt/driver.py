@@ -185,15 +185,18 @@ class LibvirtDriver:
     # -- disks -------------------------------------------------------------------
 
     def attach_disk(self, server_uuid: str, disk: DiskSpec) -> None:
-        """Persistent first, then live; a failed live attach undoes the persistent one."""
+        """Persistent first, then live; a failed live attach undoes the persistent
+        one.  A disk already there (by its alias) is not attached again: an
+        attach or an unshelve a crash interrupted runs this again."""
         dom = self._domain(server_uuid)
         device = xml.disk_xml(disk)
-        try:
-            dom.attachDeviceFlags(device, CONFIG)
-        except libvirt.libvirtError as exc:
-            raise VirtError(f"attaching volume {disk.volume_id} to the definition of "
-                            f"{server_uuid} failed: {exc}") from exc
-        if not dom.isActive():
+        if xml.find_disk_xml(self._xml(dom, inactive=True), disk.alias) is None:
+            try:
+                dom.attachDeviceFlags(device, CONFIG)
+            except libvirt.libvirtError as exc:
+                raise VirtError(f"attaching volume {disk.volume_id} to the definition of "
+                                f"{server_uuid} failed: {exc}") from exc
+        if not dom.isActive() or self._live_has(dom, disk.alias):
             return
         try:
             dom.attachDeviceFlags(device, LIVE)

@@ -37,9 +37,12 @@ class FileBackend:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
-            if os.path.getsize(path) == size_gib * GIB:
+            size = os.path.getsize(path)
+            if size == size_gib * GIB:
                 return path  # a retried create after a crash
-            raise BackendError(f"volume file {path} exists with another size") from None
+            if size != 0:  # 0: a crash between the create and the sizing below
+                raise BackendError(f"volume file {path} exists with another size") from None
+            fd = os.open(path, os.O_WRONLY)
         except OSError as exc:
             raise BackendError(f"cannot create volume file {path}: {exc.strerror}") from exc
         try:

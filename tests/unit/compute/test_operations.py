@@ -1,4 +1,5 @@
-"""Instance actions and their step events, written as the steps happen."""
+"""Operations (instance actions) and their step events, written as the steps
+happen; who owns an operation, and what a claim by someone else does."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import insert, select, update
 
+from tether.compute.operations import ActionRef, Operations
+from tether.compute.repository import ComputeRepository
 from tether.context import RequestContext
 from tether.db import migrate, models
 from tether.db.api import Database, Tx
-from tether.operations import ActionRef, Operations
+from tether.exceptions import Conflict
+from tether.states import operation as op_states
 
 
 @pytest.fixture
@@ -41,6 +45,10 @@ def _commits(db: Database) -> list[int]:
     return counter
 
 
+def _ops(db: Database, host: str = "h", owner: str = "me") -> Operations:
+    return Operations(ComputeRepository(db), host, owner)
+
+
 def _action(ops: Operations) -> ActionRef:
     ctx = RequestContext(user_id="u", project_id="p")
     return ops.start_action(ctx, "i1", "attach_volume", "v1", done_step="a1:compute_api")
@@ -48,13 +56,13 @@ def _action(ops: Operations) -> ActionRef:
 
 def test_start_action_records_the_api_step_with_it(db: Database) -> None:
     commits = _commits(db)
-    _action(Operations(db, "h"))
+    _action(_ops(db))
     assert commits[0] == 1
     assert _events(db) == [("a1:compute_api", "Success")]
 
 
 def test_unbatched_steps_write_start_and_finish_each(db: Database) -> None:
-    ops = Operations(db, "h")
+    ops = _ops(db)
     action = _action(ops)
     commits = _commits(db)
     with ops.step(action, "a1.1"):
@@ -64,7 +72,7 @@ def test_unbatched_steps_write_start_and_finish_each(db: Database) -> None:
 
 
 def test_batched_finish_rides_on_the_next_write(db: Database) -> None:
-    ops = Operations(db, "h")
+    ops = _ops(db)
     action = _action(ops)
     commits = _commits(db)
     with ops.batched():
@@ -79,7 +87,7 @@ def test_batched_finish_rides_on_the_next_write(db: Database) -> None:
 
 
 def test_batched_failure_is_written_at_once_and_pending_at_the_end(db: Database) -> None:
-    ops = Operations(db, "h")
+    ops = _ops(db)
     action = _action(ops)
     with pytest.raises(RuntimeError), ops.batched():
         with ops.step(action, "s1.1"):
@@ -105,7 +113,7 @@ def _rename(name: str) -> Callable[[Tx], None]:
 
 def test_a_steps_first_change_and_an_actions_last_share_their_transactions(
         db: Database) -> None:
-    ops = Operations(db, "h")
+    ops = _ops(db)
     action = _action(ops)
     commits = _commits(db)
     with ops.step(action, "s1.2", first=_rename("during")):
@@ -122,3 +130,59 @@ def test_a_steps_first_change_and_an_actions_last_share_their_transactions(
         pass
     assert _instance_name(db) == "after"  # nothing of it stayed
     assert "s9" not in [e for e, _ in _events(db)]
+
+
+def _queued(db: Database) -> int:
+    api = _ops(db, host=None, owner="api-1")  # type: ignore[arg-type]
+    ctx = RequestContext(user_id="u", project_id="p")
+    with api.repo.begin() as c:
+        row = api.new(c, ctx, "i1", "detach_volume", status=op_states.API,
+                      step="s1:compute_api")
+        api.queue(c, row)
+    return row.id
+
+
+def test_a_claimed_operation_is_its_claimers_alone(db: Database) -> None:
+    action_id = _queued(db)
+    first, second = _ops(db, owner="host-1"), _ops(db, owner="host-2")
+    row = first.get(action_id)
+    assert row is not None and (row.status, row.owner) == ("queued", None)
+    with first.repo.begin() as c:
+        mine = first.claim(c, row)
+    assert mine is not None and (mine.status, mine.owner) == ("running", "host-1")
+    with second.repo.begin() as c:  # a second message, or a recovery that read it queued
+        assert second.claim(c, row) is None
+    # the owner finishes it; nobody else can
+    with pytest.raises(Conflict):
+        second.finish_action(ActionRef.of(mine))
+    first.finish_action(ActionRef.of(mine))
+    done = first.get(action_id)
+    assert done is not None and done.status == "succeeded" and done.finish_time is not None
+
+
+def test_a_running_operation_of_a_dead_owner_can_be_taken(db: Database) -> None:
+    action_id = _queued(db)
+    dead, alive = _ops(db, owner="dead"), _ops(db, owner="alive")
+    with dead.repo.begin() as c:
+        dead.claim(c, dead.get(action_id))  # type: ignore[arg-type]
+    with alive.repo.begin() as c:
+        row = alive.claim(c, alive.get(action_id))  # type: ignore[arg-type]
+    assert row is not None and row.owner == "alive"
+    with pytest.raises(Conflict):  # the dead one's thread, if it was only slow, cannot finish
+        dead.finish_action(ActionRef.of(row), "Error")
+
+
+def test_api_steps_taken_over_and_a_cast_taken_back(db: Database) -> None:
+    api1, api2 = _ops(db, owner="api-1"), _ops(db, owner="api-2")
+    ctx = RequestContext(user_id="u", project_id="p")
+    with api1.repo.begin() as c:
+        row = api1.new(c, ctx, "i1", "attach_volume", status=op_states.API)
+    assert row.owner == "api-1"
+    taken = api2.take_over(row)
+    assert taken is not None and taken.owner == "api-2"
+    assert api1.take_over(row) is None  # it moved since api-1 read it
+    with api2.repo.begin() as c:
+        queued = api2.queue(c, taken)
+    back = api2.unqueue(queued)
+    assert back is not None and (back.status, back.owner) == ("api", "api-2")
+    assert api2.unqueue(queued) is None  # not queued any more
