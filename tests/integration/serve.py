@@ -21,6 +21,8 @@ import httpx
 from tests.harness import wait_for
 from tests.integration.daemons import Tgtd, free_port
 
+TETHER = os.path.join(os.path.dirname(sys.executable), "tether")
+
 
 @dataclass
 class Serve:
@@ -31,6 +33,7 @@ class Serve:
     initiator: str
     proc: subprocess.Popen[bytes] | None = None
     servers: list[str] = field(default_factory=list)
+    state_dir: str = ""
 
     @property
     def compute_url(self) -> str:
@@ -104,14 +107,15 @@ def _answers(url: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def tether_serve(state_dir: str, tgtd: Tgtd) -> Iterator[Serve]:
+def write_config(state_dir: str, tgtd: Tgtd, extra: str = "") -> Serve:
+    """A ``tether.conf`` in ``state_dir`` for a serve on free ports, with its
+    own host name and initiator; ``extra``: more INI text."""
     tag = uuid.uuid4().hex[:8]
     serve = Serve(compute_port=free_port(), volume_port=free_port(), image_port=free_port(),
                   default_project=f"clients-{tag}",
                   initiator=f"iqn.2010-10.org.tether:clients-{tag}")
-    conf = os.path.join(state_dir, "tether.conf")
-    with open(conf, "w") as f:
+    serve.state_dir = state_dir
+    with open(os.path.join(state_dir, "tether.conf"), "w") as f:
         f.write(f"""[DEFAULT]
 host = clients-{tag}
 transport_url = tether-inproc://clients-{tag}
@@ -127,28 +131,57 @@ tgt_control_port = {tgtd.control_port}
 initiator_iqn = {serve.initiator}
 device_detach_timeout = 5
 device_detach_attempts = 2
-""")
-    out = os.path.join(state_dir, "serve.out")
-    tether = os.path.join(os.path.dirname(sys.executable), "tether")
-    with open(out, "wb") as log:
-        proc = subprocess.Popen([tether, "--config-file", conf, "--state-dir", state_dir,
-                                 "serve"], stdout=log, stderr=subprocess.STDOUT)
+{extra}""")
+    return serve
+
+
+def cli(serve: Serve, *args: str) -> subprocess.CompletedProcess[str]:
+    """A ``tether`` command on the serve's configuration and state."""
+    return subprocess.run([TETHER, "--config-file", os.path.join(serve.state_dir, "tether.conf"),
+                           "--state-dir", serve.state_dir, *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def start(serve: Serve, env: dict[str, str] | None = None) -> None:
+    """Start ``tether serve`` (``env``: more environment, a fault point say)
+    and wait until both APIs answer, or it exits."""
+    out = os.path.join(serve.state_dir, "serve.out")
+    with open(out, "ab") as log:
+        proc = subprocess.Popen([TETHER, "--config-file",
+                                 os.path.join(serve.state_dir, "tether.conf"),
+                                 "--state-dir", serve.state_dir, "serve"],
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
     serve.proc = proc
+    wait_for(lambda: (_answers(serve.volume_url) and _answers(serve.compute_url))
+             or proc.poll() is not None, 60, "tether serve up")
+    if proc.poll() is not None:
+        with open(out) as f:
+            raise AssertionError(f"tether serve exited {proc.returncode}:\n{f.read()}")
+
+
+def stop(serve: Serve) -> None:
+    proc = serve.proc
+    if proc is None:
+        return
+    proc.terminate()
     try:
-        wait_for(lambda: (_answers(serve.volume_url) and _answers(serve.compute_url))
-                 or proc.poll() is not None, 60, "tether serve up")
-        if proc.poll() is not None:
-            with open(out) as f:
-                raise AssertionError(f"tether serve exited {proc.returncode}:\n{f.read()}")
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    serve.proc = None
+
+
+@contextlib.contextmanager
+def tether_serve(state_dir: str, tgtd: Tgtd, extra: str = "") -> Iterator[Serve]:
+    serve = write_config(state_dir, tgtd, extra)
+    start(serve)
+    try:
         yield serve
     finally:
         try:
             serve.delete_servers("admin:admin")
             serve.delete_volumes("admin:admin")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop(serve)

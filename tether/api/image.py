@@ -17,7 +17,7 @@ from tether.api import errors, wsgi
 from tether.api.auth import Authenticator
 from tether.api.versions import IMAGE
 from tether.api.wsgi import WsgiApp
-from tether.db import models
+from tether.db.records import ImageRecord
 from tether.image.registry import ImageRegistry
 
 COLLECTIONS = ("images", "schemas")
@@ -28,7 +28,7 @@ def _time(value: Any) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
 
 
-def image_view(image: models.Image) -> dict[str, Any]:
+def image_view(image: ImageRecord) -> dict[str, Any]:
     """Glance v2's image: fixed fields, then the properties as top-level strings."""
     body: dict[str, Any] = {
         str(k): v if isinstance(v, str) else str(v) for k, v in (image.properties or {}).items()}

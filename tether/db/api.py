@@ -1,19 +1,19 @@
-"""Engine, ORM sessions (the rare paths) and lean transactions (the hot
-paths, through :mod:`tether.db.records`, whose ``Gateway.update`` is the one
-primitive state changes use: ``UPDATE ... WHERE id = :id AND status IN
-(...)``, so that two API copies racing on the same volume cannot both
-succeed)."""
+"""The engine and its transactions: :meth:`Database.begin` is the one way to
+the database, used by the side repositories (``tether.compute.repository``,
+``tether.volume.repository``), the service registry and the image registry.
+Statements go through :mod:`tether.db.records` gateways (frozen records in
+and out; ``Gateway.update`` is the conditional UPDATE every state change is
+made of, see :mod:`tether.db.transitions`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, Executable, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 
@@ -21,17 +21,10 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        """A unit of work: committed on success, rolled back on any error."""
-        with self._sessions() as session, session.begin():
-            yield session
 
     def begin(self) -> AbstractContextManager[Tx]:
-        """A transaction for the hot paths (see :mod:`tether.db.records` and
-        :class:`Tx`): committed on success, rolled back on any error."""
+        """A transaction (see :class:`Tx`): committed on success, rolled back
+        on any error."""
         return _Begin(self.engine)
 
     def dispose(self) -> None:

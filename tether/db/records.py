@@ -1,14 +1,15 @@
 """Rows as plain frozen records, read and written with Core statements that
 are built once.
 
-An attach or a detach touches the same few rows (volume, attachment, server,
-block device mapping) a dozen times, on the request path.  Through an ORM
-session each touch cost about three times a Core statement (measured here:
-305 µs for a session with one read against 88 µs for a connection with one;
-inside an open transaction 123 µs against 48 µs per statement), and that was
-most of the service's CPU per operation.  So the hot paths read records and
-write explicit UPDATEs through a :class:`Gateway`; the ORM models stay the
-one definition of the schema (and serve the rare paths).
+Every table has a :class:`Gateway`: records in, records out, and the one
+conditional UPDATE that state changes are made of (:meth:`Gateway.update`,
+used by :func:`tether.db.transitions.apply`).  Through an ORM session each
+touch of a row cost about three times a Core statement (measured here: 305 µs
+for a session with one read against 88 µs for a connection with one; inside
+an open transaction 123 µs against 48 µs per statement), and an attach or a
+detach touches the same few rows a dozen times.  The ORM models
+(:mod:`tether.db.models`) stay the one definition of the schema (and of the
+migrations); nothing queries through them.
 
 A record's fields are the model's attributes, in order; a unit test checks
 they have not drifted apart.
@@ -181,6 +182,25 @@ class EventRecord:
     details: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    id: str
+    name: str | None
+    owner: str | None
+    visibility: str
+    status: str
+    disk_format: str | None
+    container_format: str | None
+    size: int | None
+    checksum: str | None
+    file: str | None
+    properties: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime | None
+    deleted_at: dt.datetime | None
+    deleted: bool
+
+
 R = TypeVar("R")
 
 
@@ -347,3 +367,4 @@ INSTANCES = Gateway(models.Instance, InstanceRecord)
 BDMS = Gateway(models.BlockDeviceMapping, BdmRecord)
 ACTIONS = Gateway(models.InstanceAction, ActionRecord)
 EVENTS = Gateway(models.InstanceActionEvent, EventRecord)
+IMAGES = Gateway(models.Image, ImageRecord)

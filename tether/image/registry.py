@@ -24,12 +24,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_
 
 from tether import policy
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
+from tether.db.records import IMAGES, ImageRecord, by
 from tether.exceptions import InvalidInput, NotFound
 from tether.executor import CommandError, Runner
 
@@ -58,6 +59,8 @@ class BootSource:
     disk_bus: str | None = None  # default bus of attached volumes
 
 
+_I = IMAGES.columns
+
 def is_image_id(ref: str) -> bool:
     try:
         return str(uuid.UUID(ref)) == ref.lower()
@@ -72,33 +75,27 @@ class ImageRegistry:
 
     # -- reads (the API) -----------------------------------------------------------
 
-    def list(self, ctx: RequestContext, name: str | None = None) -> list[models.Image]:
+    def list(self, ctx: RequestContext, name: str | None = None) -> list[ImageRecord]:
         policy.authorize(ctx, "image:get_all")
-        with self.db.session() as s:
-            q = select(models.Image).where(models.Image.deleted.is_(False))
-            if not ctx.privileged:
-                q = q.where(or_(models.Image.visibility == "public",
-                                models.Image.owner == ctx.project_id))
-            if name is not None:
-                q = q.where(models.Image.name == name)
-            rows = list(s.scalars(q.order_by(models.Image.created_at.desc(),
-                                             models.Image.id)).all())
-            for r in rows:
-                s.expunge(r)
-            return rows
+        q = by(IMAGES, _I["deleted"].is_(False), order=[_I["created_at"].desc(), _I["id"]])
+        if not ctx.privileged:
+            q = q.where(or_(_I["visibility"] == "public", _I["owner"] == ctx.project_id))
+        if name is not None:
+            q = q.where(_I["name"] == name)
+        with self.db.begin() as c:
+            return IMAGES.all(c, q)
 
-    def get(self, ctx: RequestContext, image_id: str) -> models.Image:
+    def get(self, ctx: RequestContext, image_id: str) -> ImageRecord:
         """404 for unknown images and for another project's private ones."""
-        with self.db.session() as s:
-            row = s.get(models.Image, image_id) if is_image_id(image_id) else None
-            if (row is None or row.deleted
-                    or (row.visibility != "public"
-                        and not policy.allowed(ctx, "image:get", row.owner))):
-                raise ImageNotFound(image_id)
-            s.expunge(row)
-            return row
+        with self.db.begin() as c:
+            row = IMAGES.get(c, image_id) if is_image_id(image_id) else None
+        if (row is None or row.deleted
+                or (row.visibility != "public"
+                    and not policy.allowed(ctx, "image:get", row.owner))):
+            raise ImageNotFound(image_id)
+        return row
 
-    def bootable(self, ctx: RequestContext, image_id: str) -> models.Image:
+    def bootable(self, ctx: RequestContext, image_id: str) -> ImageRecord:
         """The image a server of ``ctx`` may boot (InvalidInput otherwise, as
         Nova answers 400 for a bad imageRef)."""
         try:
@@ -114,8 +111,8 @@ class ImageRegistry:
 
     def boot_source(self, image_id: str) -> BootSource:
         """The files of an image and of the kernel and ramdisk it names."""
-        with self.db.session() as s:
-            image = s.get(models.Image, image_id)
+        with self.db.begin() as c:
+            image = IMAGES.get(c, image_id)
             if image is None or image.deleted:
                 raise ImageNotFound(image_id)
             props = dict(image.properties or {})
@@ -124,7 +121,7 @@ class ImageRegistry:
                 ref = props.get(key)
                 if not ref:
                     return None
-                row = s.get(models.Image, str(ref))
+                row = IMAGES.get(c, str(ref))
                 if row is None or row.deleted or not row.file:
                     raise ImageNotFound(str(ref))
                 return self.path(row.file)
@@ -137,20 +134,16 @@ class ImageRegistry:
     def path(self, file: str) -> str:
         return os.path.join(self.images_dir, file)
 
-    def find(self, name: str) -> models.Image | None:
-        with self.db.session() as s:
-            row = s.scalars(select(models.Image).where(
-                models.Image.name == name, models.Image.deleted.is_(False)).order_by(
-                models.Image.created_at.desc())).first()
-            if row is not None:
-                s.expunge(row)
-            return row
+    def find(self, name: str) -> ImageRecord | None:
+        with self.db.begin() as c:
+            return IMAGES.first(c, by(IMAGES, _I["name"] == name, _I["deleted"].is_(False),
+                                      order=[_I["created_at"].desc()]))
 
     # -- registering (operator, local) ---------------------------------------------
 
     def register(self, name: str, disk_format: str, file: str | None = None,
                  properties: dict[str, Any] | None = None, visibility: str = "public",
-                 owner: str | None = None) -> models.Image:
+                 owner: str | None = None) -> ImageRecord:
         """Record an image whose data (if any) is already ``file`` in the images dir."""
         if disk_format not in DISK_FORMATS:
             raise InvalidInput(f"disk_format {disk_format!r}: expected one of "
@@ -161,23 +154,18 @@ class ImageRegistry:
         size, checksum = None, None
         if file is not None:
             size, checksum = _digest(self.path(file))
-        row = models.Image(
-            id=str(uuid.uuid4()), name=name, owner=owner, visibility=visibility,
-            status="active", disk_format=disk_format,
-            container_format=CONTAINER[disk_format], size=size, checksum=checksum,
-            file=file, properties=dict(properties or {}), created_at=models.utcnow(),
-            deleted=False)
-        with self.db.session() as s:
-            s.add(row)
-        with self.db.session() as s:
-            stored = s.get(models.Image, row.id)
-            assert stored is not None
-            s.expunge(stored)
+        with self.db.begin() as c:
+            stored = IMAGES.insert(c, {
+                "id": str(uuid.uuid4()), "name": name, "owner": owner,
+                "visibility": visibility, "status": "active", "disk_format": disk_format,
+                "container_format": CONTAINER[disk_format], "size": size,
+                "checksum": checksum, "file": file, "properties": dict(properties or {}),
+                "created_at": models.utcnow(), "deleted": False})
         LOG.info("image %s (%s) registered: %s", stored.id, name, file or "no file")
         return stored
 
     def import_file(self, source: str, name: str, runner: Runner,
-                    properties: dict[str, Any] | None = None) -> models.Image:
+                    properties: dict[str, Any] | None = None) -> ImageRecord:
         """Copy a local raw or qcow2 file into the images directory and register it."""
         try:
             info = json.loads(runner.run(["qemu-img", "info", "--output=json",

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 
-from tether.db import models
+from tether.db.records import ImageRecord
 from tether.executor import Runner
 from tether.image.registry import ImageNotFound, ImageRegistry
 
@@ -238,7 +238,7 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def register(registry: ImageRegistry, image: TinyImage) -> tuple[models.Image, bool]:
+def register(registry: ImageRegistry, image: TinyImage) -> tuple[ImageRecord, bool]:
     """The registered machine image of ``image`` (kernel ``aki`` + ramdisk
     ``ari`` + an ``ami`` naming both, with no disk of its own), and whether
     this call registered it: an image with the same files is reused."""

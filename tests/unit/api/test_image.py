@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import Tether, wait_for
 from tether import config
-from tether.db import models
+from tether.db.records import ImageRecord
 from tether.image.registry import ImageRegistry
 from tether.virt.fake import FakeDriver
 
@@ -26,7 +26,7 @@ def _registry(t: Tether) -> ImageRegistry:
     return ImageRegistry(t.db, str(_images_dir(t)))
 
 
-def _machine(t: Tether, **props: Any) -> tuple[models.Image, ...]:
+def _machine(t: Tether, **props: Any) -> tuple[ImageRecord, ...]:
     """kernel (aki) + ramdisk (ari) + the machine image (ami) naming both."""
     reg = _registry(t)
     tag = uuid.uuid4().hex[:6]

@@ -1,4 +1,4 @@
-"""The records the hot paths use mirror the ORM models, and the gateway's
+"""The records mirror the ORM models (every table has a gateway), and the gateway's
 statements behave as the state machines need."""
 
 from __future__ import annotations
@@ -11,11 +11,21 @@ from sqlalchemy import inspect
 
 from tether.db import migrate, models
 from tether.db.api import Database
-from tether.db.records import ATTACHMENTS, BDMS, INSTANCES, SERVICES, VOLUMES, Gateway
+from tether.db.records import (
+    ACTIONS,
+    ATTACHMENTS,
+    BDMS,
+    EVENTS,
+    IMAGES,
+    INSTANCES,
+    SERVICES,
+    VOLUMES,
+    Gateway,
+)
 
 
-@pytest.mark.parametrize("gateway", [VOLUMES, ATTACHMENTS, SERVICES, INSTANCES, BDMS],
-                         ids=lambda g: g.table.name)
+@pytest.mark.parametrize("gateway", [VOLUMES, ATTACHMENTS, SERVICES, INSTANCES, BDMS, ACTIONS,
+                                     EVENTS, IMAGES], ids=lambda g: g.table.name)
 def test_record_fields_are_the_model_attributes_in_order(gateway: Gateway[object]) -> None:
     model = next(m.class_ for m in models.Base.registry.mappers
                  if m.local_table is gateway.table)
