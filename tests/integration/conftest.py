@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.daemons import Tgtd
+from tests.integration.daemons import Tgtd, ensure_rabbitmq
 from tether.executor import ProcessRunner
 from tether.image.tiny import TinyBuilder, TinyImage
 
@@ -29,6 +29,15 @@ def tgtd() -> Iterator[Tgtd]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> str:
+    """RabbitMQ on 127.0.0.1:5672 (started if it is not up): its URL."""
+    try:
+        return ensure_rabbitmq()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

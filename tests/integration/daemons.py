@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -113,3 +114,68 @@ def ensure_database_server(kind: str) -> None:
         subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background",
                         "--exec", "/usr/sbin/mariadbd"], check=False)
     wait_until(lambda: _tcp_open(port), f"{kind} on port {port}", timeout=60)
+
+
+RABBIT = "rabbit://guest:guest@127.0.0.1:5672/"
+
+
+def rabbit_answers() -> str | None:
+    """None once RabbitMQ accepts an AMQP login, else why not."""
+    import kombu
+
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            pass
+        with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//",  # type: ignore[no-untyped-call]
+                              connect_timeout=2) as conn:
+            conn.connect()
+        return None
+    except Exception as e:  # refused, reset while booting, login refused: all "not yet"
+        return repr(e)
+
+
+def ensure_rabbitmq() -> str:
+    """RabbitMQ on 127.0.0.1:5672, started (and left running) if it is not up."""
+    if rabbit_answers() is None:
+        return RABBIT
+    if shutil.which("rabbitmq-server") is None:
+        raise RuntimeError("rabbitmq-server is not installed: tools/bootstrap.sh must install "
+                           "the Debian package rabbitmq-server")
+    subprocess.run(["rabbitmq-server", "-detached"], check=False)
+    deadline = time.monotonic() + 90
+    while (why := rabbit_answers()) is not None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"RabbitMQ did not accept guest logins on 127.0.0.1:5672 within "
+                               f"90 s of `rabbitmq-server -detached` ({why}): see "
+                               "/var/log/rabbitmq/")
+        time.sleep(0.25)
+    return RABBIT
+
+
+def restart_rabbitmq() -> None:
+    """What a broker restart does to its clients: every connection dropped,
+    the broker back a few seconds later."""
+    subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, check=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, check=True, timeout=120)
+    wait_until(lambda: rabbit_answers() is None, "RabbitMQ back", timeout=90)
+
+
+def restart_postgresql() -> None:
+    """A fast restart of the machine's PostgreSQL cluster (connections cut)."""
+    import glob
+
+    for version in sorted(glob.glob("/etc/postgresql/*")):
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect",
+                        os.path.basename(version), "main", "restart", "-m", "fast"],
+                       capture_output=True, check=True, timeout=120)
+    wait_until(lambda: _tcp_open(5432), "PostgreSQL back", timeout=60)
+
+
+def restart_libvirtd() -> None:
+    """libvirtd killed and started again; the guests (QEMU processes) go on."""
+    subprocess.run(["pkill", "-x", "libvirtd"], check=False)
+    wait_until(lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True,
+                                      check=False).returncode != 0, "libvirtd gone")
+    from tether import daemons
+
+    daemons.ensure_libvirtd()
