@@ -62,8 +62,12 @@ class AttachFlow:
                             action.instance_uuid)
                 self.ops.finish_action(action, "Error")
                 return False
-            with self.connections.guarded(bdm.shared_target):
-                return self._run(ctx, action, bdm)
+            try:
+                with self.connections.guarded(bdm.shared_target):
+                    return self._run(ctx, action, bdm)
+            except RollbackIncomplete as exc:
+                LOG.warning("%s; the sweeper will try again", exc)
+                return False
 
     def _run(self, ctx: RequestContext, action: ActionRef, bdm: BdmRecord) -> bool:
         assert bdm.volume_id is not None and bdm.attachment_id is not None

@@ -175,8 +175,10 @@ class DetachFlow:
         assert bdm.volume_id is not None
         try:
             self.volumes.roll_detaching(bdm.volume_id)
-        except Exception:
-            LOG.exception("roll_detaching of volume %s failed", bdm.volume_id)
+        except Exception:  # never leave it detaching: the sweeper runs the detach again
+            LOG.exception("roll_detaching of volume %s failed; the detach stays open",
+                          bdm.volume_id)
+            return
         self.ops.finish_action(action, "Error", notice=Notice(
             ctx, "volume.detach.error", _payload(action, bdm) | {"error": str(exc)},
             error=True))

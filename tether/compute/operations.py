@@ -111,29 +111,6 @@ class Operations:
                                     "host": self.host, "result": None, "details": None})
         return row
 
-    def start_action(self, ctx: RequestContext, instance_uuid: str, action: str,
-                     resource_id: str | None = None, done_step: str | None = None,
-                     started: dt.datetime | None = None,
-                     status: str = op_states.RUNNING) -> ActionRef:
-        """Record an operation this service does itself, now (``done_step``:
-        one already done by then, begun at ``started``)."""
-        now = models.utcnow()
-
-        def write(c: Tx) -> ActionRecord:
-            row = self.repo.new_action(c, {
-                "request_id": ctx.request_id, "instance_uuid": instance_uuid,
-                "action": action, "project_id": ctx.project_id, "user_id": ctx.user_id,
-                "start_time": started or now, "resource_id": resource_id, "status": status,
-                "owner": self.owner, "args": None})
-            if done_step is not None:
-                self.repo.new_event(c, {
-                    "action_id": row.id, "event": done_step, "start_time": started or now,
-                    "finish_time": now, "host": self.host, "result": op_states.SUCCESS,
-                    "details": None})
-            return row
-
-        return ActionRef.of(self.write(write))
-
     def get(self, action_id: int) -> ActionRecord | None:
         with self.repo.begin() as c:
             return self.repo.action(c, action_id)

@@ -236,16 +236,6 @@ class ComputeRepository:
                                 "live_device": None, "live_volume": None})
 
     @staticmethod
-    def restore_bdm(c: Tx, bdm: BdmRecord) -> None:
-        """Undo :meth:`release_bdm` (storage refused the detach)."""
-        try:
-            BDMS.update(c, bdm.id, {"deleted": False, "deleted_at": None,
-                                    "live_device": bdm.device_name,
-                                    "live_volume": bdm.volume_id})
-        except c.dialect.loaded_dbapi.IntegrityError as exc:
-            raise DeviceTaken(str(exc)) from exc
-
-    @staticmethod
     def drop_bdm(c: Tx, bdm_id: int) -> None:
         """A mapping whose request was refused (nobody ever saw it)."""
         c.execute(delete(BDMS.table).where(BDMS.pk == bdm_id))

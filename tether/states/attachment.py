@@ -16,7 +16,6 @@ LIVE_STATES = frozenset({RESERVED, ATTACHING, ATTACHED, ERROR_ATTACHING})
 MACHINE = StateMachine("Attachment", {"attach_status": STATES}, [
     # update with a connector: the volume is exported to that initiator
     t("connect", [RESERVED, ATTACHING, ERROR_ATTACHING], ATTACHING),
-    t("connect_fail", [RESERVED, ATTACHING], ERROR_ATTACHING),
     # the target refused the export an update asked for: back to what it was
     t("connect_revert", [ATTACHING], RESERVED, ATTACHING, ERROR_ATTACHING),
     # complete again is a no-op (a resumed attach completes what it completed)

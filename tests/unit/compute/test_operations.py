@@ -50,11 +50,19 @@ def _ops(db: Database, host: str = "h", owner: str = "me") -> Operations:
 
 
 def _action(ops: Operations) -> ActionRef:
+    """An operation as the API records it: with its first step, done."""
     ctx = RequestContext(user_id="u", project_id="p")
-    return ops.start_action(ctx, "i1", "attach_volume", "v1", done_step="a1:compute_api")
+
+    def write(c: Tx) -> ActionRef:
+        row = ops.new(c, ctx, "i1", "attach_volume", status=op_states.API, resource_id="v1",
+                      step="a1:compute_api")
+        ops.end_step(c, row.id, "a1:compute_api")
+        return ActionRef.of(row)
+
+    return ops.write(write)
 
 
-def test_start_action_records_the_api_step_with_it(db: Database) -> None:
+def test_an_operation_and_its_first_step_are_one_transaction(db: Database) -> None:
     commits = _commits(db)
     _action(_ops(db))
     assert commits[0] == 1

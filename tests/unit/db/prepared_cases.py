@@ -12,7 +12,7 @@ import uuid
 import pytest
 from sqlalchemy import bindparam, select, update
 
-from tether.compute.operations import Operations
+from tether.compute.operations import ActionRef, Operations
 from tether.compute.repository import ComputeRepository, DeviceTaken
 from tether.context import RequestContext
 from tether.db import models
@@ -99,8 +99,11 @@ def operations_record_their_steps(db: Database) -> None:
                              "flavor_id": "1", "vcpus": 1, "memory_mb": 64,
                              "vm_state": "active", "meta": {}})
     ops = Operations(ComputeRepository(db), "host-a", owner="me")
-    action = ops.start_action(RequestContext(user_id="u", project_id="p"), server,
-                              "detach_volume", "v1", done_step="s1:compute_api")
+    with db.begin() as c:
+        row = ops.new(c, RequestContext(user_id="u", project_id="p"), server, "detach_volume",
+                      status="api", resource_id="v1", step="s1:compute_api")
+        ops.end_step(c, row.id, "s1:compute_api")
+    action = ActionRef.of(row)
     with ops.batched():
         with ops.step(action, "s1.1:driver_detach"):
             pass
