@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONDONTWRITEBYTECODE=1
-echo "== ruff";  .venv/bin/ruff check tether tests bench
+echo "== ruff";  .venv/bin/ruff check tether tests bench tools
 echo "== mypy";  .venv/bin/mypy
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider -q -ra "$@"
