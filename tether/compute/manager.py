@@ -18,6 +18,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import oslo_messaging as messaging
 
@@ -46,7 +47,24 @@ _POWER = {virt.PowerState.RUNNING: srv_states.POWER_RUNNING,
           virt.PowerState.SHUTOFF: srv_states.POWER_SHUTDOWN,
           virt.PowerState.CRASHED: srv_states.POWER_CRASHED,
           virt.PowerState.NOSTATE: srv_states.POWER_NOSTATE}
-Work = Callable[[RequestContext, ActionRef, ActionRecord, InstanceRecord], None]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An operation this host has claimed, with what it works on (read in the
+    claim's transaction)."""
+
+    ctx: RequestContext
+    row: ActionRecord
+    inst: InstanceRecord
+    bdm: BdmRecord | None  # the block device mapping of an attach or a detach
+
+    @property
+    def action(self) -> ActionRef:
+        return ActionRef.of(self.row)
+
+
+Work = Callable[[Claimed], None]
 
 
 class ComputeManager:
@@ -107,53 +125,39 @@ class ComputeManager:
         return self.claimed(ctx, instance_uuid, action_id, self.do)
 
     def claimed(self, ctx: RequestContext, instance_uuid: str, action_id: int,
-                 then: Callable[[RequestContext, ActionRecord, InstanceRecord], None]) -> bool:
+                then: Work) -> bool:
+        """Claim the operation (with what it works on), then ``then`` it."""
         with self._running(action_id), self._locked(instance_uuid):
             with self.repo.begin() as c:
                 row = self.repo.action(c, action_id)
                 inst = self.repo.server(c, instance_uuid)
                 if row is None or row.finish_time is not None or inst is None:
                     return False
-                claimed = self.ops.claim(c, row, self._start_notice(c, ctx, row))
-            if claimed is None:
+                bdm_uuid = (row.args or {}).get("bdm")
+                bdm = self.repo.bdm(c, bdm_uuid) if bdm_uuid else None
+                mine = self.ops.claim(c, row, _start_notice(ctx, row, bdm))
+            if mine is None:
                 LOG.info("operation %s (%s) of %s is someone else's; skipped", action_id,
                          row.action, instance_uuid)
                 return False
-            then(ctx, claimed, inst)
+            then(Claimed(ctx, mine, inst, bdm))
             return True
 
-    def do(self, ctx: RequestContext, row: ActionRecord, inst: InstanceRecord) -> None:
-        work = self._work.get(row.action)
+    def do(self, op: Claimed) -> None:
+        work = self._work.get(op.row.action)
         if work is None:
-            LOG.error("operation %s: no such operation %r", row.id, row.action)
-            self.ops.finish_action(ActionRef.of(row), "Error")
+            LOG.error("operation %s: no such operation %r", op.row.id, op.row.action)
+            self.ops.finish_action(op.action, "Error")
             return
-        work(ctx, ActionRef.of(row), row, inst)
-
-    def _start_notice(self, c: Tx, ctx: RequestContext, row: ActionRecord) -> Notice | None:
-        if row.action not in ("attach_volume", "detach_volume") or not row.args:
-            return None
-        verb = row.action.split("_")[0]
-        return Notice(ctx, f"volume.{verb}.start", {
-            "volume_id": row.resource_id, "server_id": row.instance_uuid,
-            "attachment_id": row.args.get("attachment"), "request_id": row.request_id})
-
-    def bdm_of(self, row: ActionRecord) -> BdmRecord | None:
-        bdm_uuid = (row.args or {}).get("bdm")
-        if not bdm_uuid:
-            return None
-        with self.repo.begin() as c:
-            return self.repo.bdm(c, bdm_uuid)
+        work(op)
 
     # -- volumes -------------------------------------------------------------
 
-    def _attach(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
-                inst: InstanceRecord) -> None:
-        self.attach.run(ctx, action, self.bdm_of(row))
+    def _attach(self, op: Claimed) -> None:
+        self.attach.run(op.ctx, op.action, op.bdm)
 
-    def _detach(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
-                inst: InstanceRecord) -> None:
-        self.detach.run(ctx, action, inst, self.bdm_of(row))
+    def _detach(self, op: Claimed) -> None:
+        self.detach.run(op.ctx, op.action, op.inst, op.bdm)
 
     # -- servers -------------------------------------------------------------
 
@@ -180,8 +184,8 @@ class ComputeManager:
         except virt.InstanceNotFound:
             return srv_states.POWER_NOSTATE
 
-    def _build(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
-               inst: InstanceRecord) -> None:
+    def _build(self, op: Claimed) -> None:
+        action, inst = op.action, op.inst
         try:
             self._spawn(action, inst)
         except Exception:
@@ -231,9 +235,9 @@ class ComputeManager:
             spec, root_volume=virt.DiskSpec(bdm.volume_id, "vda", "virtio", source),
             console_log=self.images.console_log(spec.uuid))
 
-    def _power(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
-               inst: InstanceRecord) -> None:
-        event = row.action  # stop / start
+    def _power(self, op: Claimed) -> None:
+        action, inst = op.action, op.inst
+        event = op.row.action  # stop / start
         try:
             with self.ops.step(action, event):
                 if event == "stop":
@@ -246,11 +250,11 @@ class ComputeManager:
             return
         self._finish(action, inst, f"{event}_done", power_state=self._power_state(inst.uuid))
 
-    def _shelve(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
-                inst: InstanceRecord) -> None:
+    def _shelve(self, op: Claimed) -> None:
         """``shelve`` (and offload at once when ``shelved_offload_time`` is 0)
         or ``shelve_offload``; a resumed one carries on from the task the
         server is in."""
+        action, inst = op.action, op.inst
         try:
             if inst.task_state == srv_states.SHELVING:
                 with self.ops.step(action, "power_off"):
@@ -266,15 +270,15 @@ class ComputeManager:
                     return
             self.shelving.offload(action)
         except Exception:
-            LOG.exception("%s of instance %s failed", row.action, inst.uuid)
+            LOG.exception("%s of instance %s failed", op.row.action, inst.uuid)
             self._finish(action, inst, ("shelve_fail" if inst.task_state == srv_states.SHELVING
                                         else "shelve_offload_fail"), "Error")
             return
         self._finish(action, inst, "shelve_offload_done", host=None,
                      power_state=srv_states.POWER_NOSTATE)
 
-    def _unshelve(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
-                  inst: InstanceRecord) -> None:
+    def _unshelve(self, op: Claimed) -> None:
+        action, inst = op.action, op.inst
         try:
             try:
                 self.virt.power_state(inst.uuid)
@@ -290,11 +294,11 @@ class ComputeManager:
             return
         self._finish(action, inst, "unshelve_done", power_state=self._power_state(inst.uuid))
 
-    def _delete(self, ctx: RequestContext, action: ActionRef, row: ActionRecord,
-                inst: InstanceRecord) -> None:
+    def _delete(self, op: Claimed) -> None:
         """Delete a server: the domain goes first (so no guest can use a volume any
         more), then each volume is disconnected (forced) and detached on the
         storage side, and deleted when its mapping says delete_on_termination."""
+        action, inst = op.action, op.inst
         try:
             with self.ops.step(action, "destroy_guest"):
                 self.virt.destroy(inst.uuid)
@@ -328,6 +332,16 @@ class ComputeManager:
             LOG.info("removing the files of deleted server %s", uuid)
             self.images.remove(uuid)
         return gone
+
+
+def _start_notice(ctx: RequestContext, row: ActionRecord, bdm: BdmRecord | None
+                  ) -> Notice | None:
+    if row.action not in ("attach_volume", "detach_volume") or bdm is None:
+        return None
+    verb = row.action.split("_")[0]
+    return Notice(ctx, f"volume.{verb}.start", {
+        "volume_id": bdm.volume_id, "server_id": row.instance_uuid,
+        "attachment_id": bdm.attachment_id, "request_id": row.request_id})
 
 
 class ComputeEndpoint:

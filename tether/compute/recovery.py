@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 
 from tether.compute.api import ComputeAPI
 from tether.compute.attach import A13, RollbackIncomplete
-from tether.compute.manager import ComputeManager
-from tether.compute.operations import ActionRef
+from tether.compute.manager import Claimed, ComputeManager, Work
 from tether.context import admin_context
 from tether.db import services
 from tether.db.api import Database
 from tether.db.models import utcnow
-from tether.db.records import ActionRecord, InstanceRecord
+from tether.db.records import ActionRecord
 from tether.states import operation as op_states
 from tether.states.attachment import ATTACHED
 
@@ -88,7 +86,7 @@ class HostRecovery:
         LOG.warning("recovering %s %s of server %s (%s, owner %s)", row.action, row.id,
                     row.instance_uuid, row.status, row.owner)
         if row.action == "attach_volume" and row.status == op_states.RUNNING:
-            then: Callable[..., None] = self._resolve_attach
+            then: Work = self._resolve_attach
         else:
             then = self.m.do  # run it (again): every step is idempotent
         try:
@@ -97,14 +95,13 @@ class HostRecovery:
             LOG.warning("operation %s: rollback incomplete, tried again later", row.id)
             return True
 
-    def _resolve_attach(self, ctx: object, row: ActionRecord, inst: InstanceRecord) -> None:
+    def _resolve_attach(self, op: Claimed) -> None:
         """An attach that was running: finished if storage says its last step
         (attachment complete) was done -- only the bookkeeping was left --,
         else rolled back."""
-        action = ActionRef.of(row)
+        action, row, bdm = op.action, op.row, op.bdm
         with self.m.repo.begin() as c:
             events = self.m.repo.events(c, row.id)
-        bdm = self.m.bdm_of(row)
         if bdm is None:
             self.m.ops.finish_action(action, "Error")
             return
@@ -113,7 +110,7 @@ class HostRecovery:
             LOG.info("attach %s had completed on storage: finished", row.id)
             self.m.ops.finish_action(action)
             return
-        self.m.attach.roll_back(admin_context(request_id=row.request_id), action, bdm,
+        self.m.attach.roll_back(op.ctx, action, bdm,
                                 why="interrupted (the service stopped); rolled back")
 
 
