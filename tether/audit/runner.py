@@ -106,7 +106,8 @@ class Auditor:
         except TargetError as exc:
             raise CannotAudit(f"tgtd could not be read ({exc}); is tgtd running?") from exc
         except BackendError as exc:
-            raise CannotAudit(f"this host's iSCSI sessions could not be read ({exc})") from exc
+            raise CannotAudit(f"this host's iSCSI initiator or sessions could not be read "
+                              f"({exc})") from exc
         except SQLAlchemyError as exc:
             raise CannotAudit(f"the database could not be read ({exc})") from exc
 
