@@ -285,6 +285,14 @@ def _image_local(conf: Any, args: argparse.Namespace) -> int:
         db.dispose()
 
 
+def cmd_audit(conf: Any, args: argparse.Namespace) -> int:
+    from tether.audit import command
+
+    if os.path.isdir(conf.state_dir):  # (a wrong --state-dir is not created)
+        setup_logging(conf, to_stderr=False)  # repairs are logged with the services'
+    return command(conf, repair=args.repair, fmt=args.format, debug=args.debug)
+
+
 def cmd_demo(conf: Any, args: argparse.Namespace) -> int:
     from tether.demo import run
 
@@ -377,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     for q in im.choices.values():
         q.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_image)
+
+    sp = sub.add_parser("audit", help="compare the database with libvirt, tgtd and this "
+                                      "host's sessions; exit 0 only when nothing drifted")
+    sp.add_argument("--repair", action="store_true",
+                    help="fix what is safe to fix, say what was left, and audit again")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.add_argument("--debug", action="store_true",
+                    help="a traceback when the audit cannot run")
+    sp.set_defaults(func=cmd_audit)
 
     sp = sub.add_parser("demo", help="the embedded mode end to end")
     sp.add_argument("--keep", action="store_true", help="leave what the demo created")

@@ -77,6 +77,11 @@ volume_opts = [
 compute_opts = [
     cfg.StrOpt("virt_driver", default="libvirt", choices=["libvirt", "fake"]),
     cfg.StrOpt("libvirt_uri", default="qemu:///system"),
+    cfg.StrOpt("domain_prefix", default="tether-",
+               help="Prefix of what Tether names in libvirt: domain <prefix><server uuid>, "
+                    "CHAP secret usage <prefix>volume-<volume id>.  `tether audit` counts "
+                    "every such name as this deployment's: two deployments sharing one "
+                    "libvirtd (tests) need different prefixes."),
     cfg.StrOpt("virt_type", default="auto", choices=["auto", "kvm", "qemu"],
                help="auto: KVM where it can run the guest, plain QEMU emulation otherwise."),
     cfg.StrOpt("disk_bus", default="scsi", choices=["scsi", "virtio"],

@@ -258,7 +258,8 @@ def make_virt(conf: cfg.ConfigOpts) -> VirtDriver:
         return FakeDriver()
     from tether.virt.libvirt.driver import LibvirtDriver
 
-    return LibvirtDriver(uri=conf.compute.libvirt_uri, virt_type=conf.compute.virt_type)
+    return LibvirtDriver(uri=conf.compute.libvirt_uri, virt_type=conf.compute.virt_type,
+                         domain_prefix=conf.compute.domain_prefix)
 
 
 def make_connector(conf: cfg.ConfigOpts, virt: VirtDriver) -> VolumeConnector:
@@ -296,7 +297,8 @@ class ComputeService:
         connections = HostConnections(repo, self.connector, conf.host,
                                       HostLocks(config.lock_dir(conf)))
         self.manager = ComputeManager(repo, self.virt, connections, self.volumes, conf.host,
-                                      policy, images, conf.compute.shelved_offload_time)
+                                      policy, images, conf.compute.shelved_offload_time,
+                                      domain_prefix=conf.compute.domain_prefix)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, conf.host, COMPUTE_BINARY, COMPUTE_TOPIC)
         self.manager.ops.owner = self.heartbeat.incarnation

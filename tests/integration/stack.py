@@ -15,6 +15,7 @@ from tests.integration.daemons import Tgtd
 from tether.connectors.base import VolumeConnector
 from tether.connectors.iscsi_direct import IscsiDirectConnector
 from tether.executor import ProcessRunner
+from tether.virt.driver import NAME_PREFIX
 from tether.virt.libvirt.driver import LibvirtDriver
 from tether.volume.targets.tgt import TgtTarget
 
@@ -31,12 +32,12 @@ def real_tether(state_dir: str, tgtd: Tgtd,
                 ) -> Iterator[RealTether]:
     """``wrap`` puts a test's own connector around the real one (to hold an
     operation inside it, or to watch it)."""
-    virt = LibvirtDriver()
     initiator = f"iqn.2010-10.org.tether:it-{uuid.uuid4().hex[:8]}"
     base: dict[str, dict[str, object]] = {
         "compute": {"device_detach_timeout": 1.0, "device_detach_attempts": 2}}
     for group, values in (overrides or {}).items():
         base.setdefault(group, {}).update(values)
+    virt = LibvirtDriver(domain_prefix=str(base["compute"].get("domain_prefix", NAME_PREFIX)))
     connector: VolumeConnector = IscsiDirectConnector(virt, initiator, "testhost", "127.0.0.1")
     t = RealTether(state_dir,
                    TgtTarget(ProcessRunner(), "127.0.0.1", tgtd.portal_port, tgtd.control_port),

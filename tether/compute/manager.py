@@ -71,7 +71,8 @@ class ComputeManager:
     def __init__(self, repo: ComputeRepository, virt_driver: virt.VirtDriver,
                  connections: HostConnections, volumes: VolumeClient, host: str,
                  policy: DetachPolicy, images: LocalImages,
-                 shelved_offload_time: int = 0, domain_prefix: str = "tether-") -> None:
+                 shelved_offload_time: int = 0,
+                 domain_prefix: str = virt.NAME_PREFIX) -> None:
         self.repo = repo
         self.shelved_offload_time = shelved_offload_time
         self.images = images

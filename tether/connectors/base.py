@@ -5,10 +5,19 @@ initiator through os-brick) implement it; ``fake`` is for unit tests."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from tether.connection import ConnectionInfo, Connector
 from tether.virt.driver import DiskSource
+
+
+@dataclass(frozen=True)
+class HostSession:
+    """An iSCSI session this host's own initiator holds."""
+
+    target_iqn: str
+    portal: str  # "127.0.0.1:3260", "[fe80::1]:3260"
 
 
 class VolumeConnector(Protocol):
@@ -26,4 +35,10 @@ class VolumeConnector(Protocol):
         """Undo ``connect``; no-op when already disconnected.  ``force``: the
         guest is gone for good (a server being deleted): go on past a device
         that cannot be flushed, as os-brick's force and Nova's delete do."""
+        ...
+
+    def host_sessions(self) -> frozenset[HostSession]:
+        """The iSCSI sessions this host's own (kernel) initiator holds now,
+        to any target; none for a connector whose sessions are QEMU's (they
+        show only on the target)."""
         ...

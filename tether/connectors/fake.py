@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tether.connection import ConnectionInfo, Connector
+from tether.connectors.base import HostSession
 from tether.exceptions import BackendError
 from tether.virt.driver import NetworkDiskSource
 
@@ -17,6 +18,7 @@ class FakeConnector:
         self.connected: dict[str, ConnectionInfo] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail_on: set[str] = set()
+        self.sessions: set[HostSession] = set()  # what a test says the host is logged in to
 
     def properties(self) -> Connector:
         return Connector(host=self.host, initiator=self.initiator_iqn,
@@ -36,3 +38,6 @@ class FakeConnector:
         if "disconnect" in self.fail_on:
             raise BackendError(f"fake disconnect failure for {info.volume_id}")
         self.connected.pop(info.volume_id, None)
+
+    def host_sessions(self) -> frozenset[HostSession]:
+        return frozenset(self.sessions)

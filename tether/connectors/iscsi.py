@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,12 +33,19 @@ from oslo_concurrency import processutils
 from oslo_config import cfg
 
 from tether.connection import ConnectionInfo, Connector
+from tether.connectors.base import HostSession
 from tether.exceptions import BackendError
+from tether.executor import CommandError, ProcessRunner, Runner
 from tether.virt.driver import BlockDiskSource
 
 LOG = logging.getLogger(__name__)
 
 INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
+
+# iscsiadm's exit status for "no such object": -m session with no session at all
+NO_OBJECTS_FOUND = 21
+# iscsiadm -m session: "tcp: [1] 127.0.0.1:3260,1 iqn.2010-10.org.tether:volume-… (non-flash)"
+_SESSION_RE = re.compile(r"^\S+: \[\d+\] (\S+),\d+ (\S+)")
 
 # os-brick's executor: execute(*argv, run_as_root=..., check_exit_code=...,
 # process_input=..., ...) -> (stdout, stderr), raising ProcessExecutionError
@@ -62,12 +70,14 @@ class IscsiConnector:
     connector_type = "iscsi"
 
     def __init__(self, host: str, ip: str | None = None, *, multipath: bool = False,
-                 execute: BrickExecute | None = None) -> None:
+                 execute: BrickExecute | None = None, runner: Runner | None = None) -> None:
         """``execute`` replaces os-brick's own executor (tests record the
-        commands with it); ``None`` runs them on this host."""
+        commands with it); ``None`` runs them on this host.  ``runner``: for
+        the commands Tether runs itself (listing the sessions)."""
         self.host = host
         self.ip = ip
         self.multipath = multipath
+        self.runner = runner or ProcessRunner()
         # root_helper is never used: os-brick's executor drops it and runs the
         # command itself (in process as root, see setup_os_brick)
         self._brick = ISCSIConnector(root_helper="", execute=execute,
@@ -104,6 +114,21 @@ class IscsiConnector:
                                f"{info.target_iqn} at {info.target_portal}) from this host "
                                f"failed: {exc}") from exc
 
+    def host_sessions(self) -> frozenset[HostSession]:
+        """``iscsiadm -m session``: every session of open-iscsi on this host.
+        (Only unit-tested, with a recorded runner: the development machines
+        have no iscsi_tcp kernel module, so no host session can exist there.)"""
+        try:
+            result = self.runner.run(["iscsiadm", "-m", "session"], check=False)
+        except OSError as exc:
+            raise BackendError(f"Cannot list this host's iSCSI sessions: {exc}") from exc
+        if result.returncode == NO_OBJECTS_FOUND:
+            return frozenset()
+        if result.returncode != 0:
+            failed = CommandError(result.argv, result.returncode, result.stdout, result.stderr)
+            raise BackendError(f"Cannot list this host's iSCSI sessions: {failed}")
+        return parse_sessions(result.stdout)
+
     def _path_used(self, info: ConnectionInfo) -> str:
         """The device the guest wrote through, which os-brick flushes before
         removing it.  Single path: the LUN's by-path link, which leads to the
@@ -113,6 +138,16 @@ class IscsiConnector:
             return ""
         portal = info.target_portal.replace("[", "").replace("]", "")
         return f"/dev/disk/by-path/ip-{portal}-iscsi-{info.target_iqn}-lun-{info.target_lun}"
+
+
+def parse_sessions(text: str) -> frozenset[HostSession]:
+    """Sessions from ``iscsiadm -m session`` output (one a line)."""
+    found = set()
+    for line in text.splitlines():
+        m = _SESSION_RE.match(line.strip())
+        if m:
+            found.add(HostSession(target_iqn=m.group(2), portal=m.group(1)))
+    return frozenset(found)
 
 
 def _brick_properties(info: ConnectionInfo) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import platform
 from typing import Protocol
 
 from tether.connection import ConnectionInfo, Connector
+from tether.connectors.base import HostSession
 from tether.virt.driver import NetworkDiskSource
 
 LOG = logging.getLogger(__name__)
@@ -48,3 +49,8 @@ class IscsiDirectConnector:
 
     def disconnect(self, info: ConnectionInfo, *, force: bool = False) -> None:
         self.secrets.undefine_chap_secret(info.volume_id)
+
+    def host_sessions(self) -> frozenset[HostSession]:
+        """None: QEMU logs in itself (the target shows its sessions, from
+        this host's initiator name)."""
+        return frozenset()

@@ -57,6 +57,12 @@ def register(db: Database, host: str, binary: str, topic: str) -> ServiceRecord:
         return SERVICES.get(c, row.id)  # type: ignore[return-value]
 
 
+def find(db: Database, host: str, binary: str) -> ServiceRecord | None:
+    """The service row of ``binary`` on ``host``, alive or not."""
+    with db.begin() as c:
+        return SERVICES.first(c, _BY_HOST, {"host": host, "binary": binary})
+
+
 def beat(db: Database, service_uuid: str) -> None:
     with db.begin() as c:
         _BEAT.run(c, {"uuid": service_uuid, "now": models.utcnow()})

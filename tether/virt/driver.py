@@ -12,6 +12,12 @@ from typing import Literal, Protocol
 
 DiskBus = Literal["scsi", "virtio"]
 
+NAME_PREFIX = "tether-"
+"""How Tether names what it makes in the hypervisor: domain ``tether-<server
+uuid>``, CHAP secret usage ``tether-volume-<volume id>``.  ``[compute]
+domain_prefix`` changes it, for two deployments sharing one libvirtd (the
+audit counts every name with the prefix as its own)."""
+
 
 class PowerState(enum.Enum):
     RUNNING = "running"
@@ -174,3 +180,14 @@ class VirtDriver(Protocol):
         ...
 
     def has_chap_secret(self, volume_id: str) -> bool: ...
+
+    # -- what the hypervisor holds, for ``tether audit`` ---------------------------
+
+    def list_servers(self) -> list[str]:
+        """UUIDs of the guests this driver made (libvirt: domains named with
+        its prefix), whatever the database says of them."""
+        ...
+
+    def chap_secrets(self) -> set[str]:
+        """Volume ids that have a CHAP secret stored for QEMU."""
+        ...

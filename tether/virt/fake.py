@@ -112,3 +112,11 @@ class FakeDriver:
 
     def has_chap_secret(self, volume_id: str) -> bool:
         return volume_id in self.secrets
+
+    def list_servers(self) -> list[str]:
+        with self._lock:
+            return sorted(self.guests)
+
+    def chap_secrets(self) -> set[str]:
+        with self._lock:
+            return set(self.secrets)

@@ -25,6 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from tether.connection import ConnectionInfo
+from tether.db.api import Tx
 from tether.db.models import utcnow
 from tether.db.records import VolumeRecord
 from tether.exceptions import BackendError, Conflict, InvalidVolume, VolumeNotFound
@@ -232,16 +233,31 @@ class VolumeManager:
                 c, self.host, vol_states.MACHINE.sources("settle")["status"])
                 if (v.updated_at or v.created_at) < cutoff]
             for vol in vols:
-                remaining = self.repo.live_attachments(c, vol.id)
-                target = vol_states.settled_status(a.attach_status for a in remaining)
-                if target == vol.status or (vol.status == vol_states.DETACHING and remaining):
-                    continue
-                try:
-                    self.repo.apply(c, vol_states.MACHINE, vol, "settle",
-                                    to={"status": target})
-                except (InvalidTransition, Conflict):
-                    continue  # it moved: someone is working on it
-                LOG.warning("volume %s was left %s; settled to %s", vol.id, vol.status,
-                            target)
-                settled += 1
+                settled += self._settle(c, vol) is not None
         return settled
+
+    def settle(self, volume_id: str) -> str | None:
+        """Settle one volume whose status contradicts its attachments, now
+        (``tether audit --repair``, once it has seen that no operation
+        touches the volume): the status it got, or None when there was
+        nothing to settle or the volume changed meanwhile."""
+        with self.repo.begin() as c:
+            vol = self.repo.volume(c, volume_id)
+            if vol is None or vol.deleted:
+                return None
+            return self._settle(c, vol)
+
+    def _settle(self, c: Tx, vol: VolumeRecord) -> str | None:
+        if vol.status not in vol_states.MACHINE.sources("settle")["status"]:
+            return None
+        remaining = self.repo.live_attachments(c, vol.id)
+        target = vol_states.settled_status(a.attach_status for a in remaining)
+        if target == vol.status or (vol.status == vol_states.DETACHING and remaining):
+            return None
+        try:
+            self.repo.apply(c, vol_states.MACHINE, vol, "settle", to={"status": target},
+                            expect={"updated_at": vol.updated_at})
+        except (InvalidTransition, Conflict):
+            return None  # it moved: someone is working on it
+        LOG.warning("volume %s was left %s; settled to %s", vol.id, vol.status, target)
+        return target

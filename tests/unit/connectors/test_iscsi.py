@@ -248,3 +248,40 @@ def test_configuration_picks_the_connector(tmp_path: Path) -> None:
 
     direct = make_connector(config.load(state_dir=str(tmp_path)), FakeDriver())
     assert direct.connector_type == "iscsi-direct"
+
+
+# -- the host's sessions (tether audit) ------------------------------------------------
+# Unit-tested only: without the kernel's iscsi_tcp module (the development
+# machines) open-iscsi can hold no session, so there is nothing real to list.
+
+class SessionRunner:
+    """Answers ``iscsiadm -m session`` as open-iscsi 2.1 does."""
+
+    def __init__(self, returncode: int, stdout: str = "", stderr: str = "") -> None:
+        self.answer = (returncode, stdout, stderr)
+        self.argv: list[list[str]] = []
+
+    def run(self, argv: list[str], *, check: bool = True, secrets: object = (),
+            timeout: float | None = 60.0, cwd: str | None = None) -> object:
+        from tether.executor import CommandResult
+
+        self.argv.append(list(argv))
+        return CommandResult(tuple(argv), *self.answer)
+
+
+def test_host_sessions_lists_open_iscsi_sessions() -> None:
+    runner = SessionRunner(0, f"tcp: [1] {PORTAL},1 {IQN} (non-flash)\n"
+                              "tcp: [3] [fe80::1]:3260,1 iqn.2001-04.com.example:disk "
+                              "(non-flash)\n")
+    sessions = IscsiConnector("h", runner=runner).host_sessions()
+    assert runner.argv == [["iscsiadm", "-m", "session"]]
+    assert {(s.target_iqn, s.portal) for s in sessions} == {
+        (IQN, PORTAL), ("iqn.2001-04.com.example:disk", "[fe80::1]:3260")}
+
+
+def test_host_sessions_none_and_failure() -> None:
+    none = SessionRunner(21, "", "iscsiadm: No active sessions.\n")
+    assert IscsiConnector("h", runner=none).host_sessions() == frozenset()
+    broken = SessionRunner(20, "", "iscsiadm: can not connect to iSCSI daemon (111)!\n")
+    with pytest.raises(BackendError, match="can not connect to iSCSI daemon"):
+        IscsiConnector("h", runner=broken).host_sessions()

@@ -50,3 +50,71 @@ def test_agent_port_is_the_second_serial_port() -> None:
     assert ("<serial type='unix'><source mode='bind' path=\"/s/agent.sock\"/>"
             "<target port='1'/></serial>") in xml
     assert "agent.sock" not in domain_xml(NO_OS, "kvm")
+
+
+# -- what libvirt holds, as the audit reads it -------------------------------------
+
+class _Named:
+    def __init__(self, name: str, uuid: str) -> None:
+        self._name, self._uuid = name, uuid
+
+    def name(self) -> str:
+        return self._name
+
+    def UUIDString(self) -> str:
+        return self._uuid
+
+
+class _Secret:
+    def __init__(self, usage_type: int, usage: str) -> None:
+        self._type, self._usage = usage_type, usage
+
+    def usageType(self) -> int:
+        return self._type
+
+    def usageID(self) -> str:
+        return self._usage
+
+
+class _Conn:
+    def __init__(self, domains: list[_Named], secrets: list[_Secret]) -> None:
+        self.domains, self.secrets = domains, secrets
+
+    def isAlive(self) -> bool:
+        return True
+
+    def domainEventRegisterAny(self, *args: object) -> None:
+        pass
+
+    def listAllDomains(self, flags: int) -> list[_Named]:
+        return self.domains
+
+    def listAllSecrets(self, flags: int) -> list[_Secret]:
+        return self.secrets
+
+
+U1 = "c68c9a39-a82b-478c-a6bd-96fe22d88d49"
+U2 = "0f6b0c1e-3a55-4a3e-9c8e-2b1d5e7f9a10"
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [("tether-", [U1]), ("tether-it1-", [U2])])
+def test_list_servers_is_the_domains_named_with_the_prefix(prefix: str,
+                                                           expected: list[str]) -> None:
+    conn = _Conn([_Named(f"tether-{U1}", U1),
+                  _Named(f"tether-it1-{U2}", U2),  # another deployment's prefix
+                  _Named(f"tether-{U2}", U1),  # name and uuid disagree: not Tether's
+                  _Named(f"tether-{U2.upper()}", U2.upper()),
+                  _Named("tether-not-a-uuid", U1), _Named(f"other-{U1}", U1)], [])
+    driver = LibvirtDriver(domain_prefix=prefix, connect=lambda uri: conn)
+    assert driver.list_servers() == expected
+
+
+def test_chap_secrets_are_the_iscsi_secrets_with_the_prefix() -> None:
+    iscsi = libvirt_driver.libvirt.VIR_SECRET_USAGE_TYPE_ISCSI
+    conn = _Conn([], [_Secret(iscsi, f"tether-volume-{U1}"),
+                      _Secret(iscsi, f"tether-it1-volume-{U2}"),
+                      _Secret(iscsi, "tether-volume-"), _Secret(iscsi, "someone-else"),
+                      _Secret(iscsi + 1, f"tether-volume-{U2}")])
+    assert LibvirtDriver(connect=lambda uri: conn).chap_secrets() == {U1}
+    assert LibvirtDriver(domain_prefix="tether-it1-",
+                         connect=lambda uri: conn).chap_secrets() == {U2}

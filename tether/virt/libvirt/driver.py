@@ -20,12 +20,14 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import libvirt
 
 from tether.virt.driver import (
+    NAME_PREFIX,
     AttachedDisk,
     DeviceDetachFailed,
     DiskNotFound,
@@ -82,7 +84,7 @@ def kvm_runs_os(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 class LibvirtDriver:
     def __init__(self, uri: str = "qemu:///system", virt_type: str = "auto",
-                 domain_prefix: str = "tether-",
+                 domain_prefix: str = NAME_PREFIX,
                  connect: Callable[[str], Any] | None = None) -> None:
         self.uri = uri
         self.virt_type = virt_type
@@ -299,8 +301,9 @@ class LibvirtDriver:
 
     def _secret(self, volume_id: str) -> Any:
         try:
-            return self.conn().secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI,
-                                                   xml.secret_usage(volume_id))
+            return self.conn().secretLookupByUsage(
+                libvirt.VIR_SECRET_USAGE_TYPE_ISCSI,
+                xml.secret_usage(volume_id, self.domain_prefix))
         except libvirt.libvirtError as exc:
             if _code(exc) == libvirt.VIR_ERR_NO_SECRET:
                 return None
@@ -309,10 +312,10 @@ class LibvirtDriver:
     def define_chap_secret(self, volume_id: str, username: str, password: str) -> str:
         secret = self._secret(volume_id)
         if secret is None:
-            secret = self.conn().secretDefineXML(xml.secret_xml(volume_id))
+            secret = self.conn().secretDefineXML(xml.secret_xml(volume_id, self.domain_prefix))
         secret.setValue(password.encode())
-        uuid: str = secret.UUIDString()
-        return uuid
+        secret_uuid: str = secret.UUIDString()
+        return secret_uuid
 
     def undefine_chap_secret(self, volume_id: str) -> None:
         secret = self._secret(volume_id)
@@ -326,3 +329,52 @@ class LibvirtDriver:
 
     def has_chap_secret(self, volume_id: str) -> bool:
         return self._secret(volume_id) is not None
+
+    # -- what libvirt holds (tether audit) ---------------------------------------
+
+    def list_servers(self) -> list[str]:
+        """UUIDs of the domains named ``<prefix><uuid>`` (defined or running)
+        whose libvirt UUID is that uuid, as Tether defines them."""
+        try:
+            domains = self.conn().listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"listing the domains of {self.uri} failed: {exc}") from exc
+        found = []
+        for dom in domains:
+            try:
+                name: str = dom.name()
+                dom_uuid: str = dom.UUIDString()
+            except libvirt.libvirtError:
+                continue  # undefined meanwhile
+            server = _uuid_after(name, self.domain_prefix)
+            if server is not None and server == dom_uuid:
+                found.append(server)
+        return sorted(found)
+
+    def chap_secrets(self) -> set[str]:
+        """Volumes whose CHAP secret (usage ``<prefix>volume-<id>``) libvirt holds."""
+        try:
+            secrets = self.conn().listAllSecrets(0)
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"listing the secrets of {self.uri} failed: {exc}") from exc
+        found = set()
+        for secret in secrets:
+            try:
+                if secret.usageType() != libvirt.VIR_SECRET_USAGE_TYPE_ISCSI:
+                    continue
+                usage: str = secret.usageID()
+            except libvirt.libvirtError:
+                continue  # undefined meanwhile
+            volume_id = xml.volume_of_secret(usage, self.domain_prefix)
+            if volume_id is not None:
+                found.add(volume_id)
+        return found
+
+
+def _uuid_after(name: str, prefix: str) -> str | None:
+    """The uuid a domain name holds after ``prefix`` (None: not such a name)."""
+    rest = name[len(prefix):] if name.startswith(prefix) else ""
+    try:
+        return rest if str(uuid.UUID(rest)) == rest else None
+    except ValueError:
+        return None

@@ -7,14 +7,13 @@ import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
 from tether.virt.driver import (
+    NAME_PREFIX,
     AttachedDisk,
     BlockDiskSource,
     DiskSpec,
     NetworkDiskSource,
     ServerSpec,
 )
-
-SECRET_USAGE_PREFIX = "tether-volume-"  # noqa: S105 - a usage id, not a secret
 
 
 def domain_xml(spec: ServerSpec, virt_type: str) -> str:
@@ -86,15 +85,26 @@ def disk_xml(disk: DiskSpec, boot_order: int | None = None) -> str:
             f"{auth}</source>{tail}</disk>")
 
 
-def secret_xml(volume_id: str) -> str:
+def secret_xml(volume_id: str, prefix: str = NAME_PREFIX) -> str:
+    usage = secret_usage(volume_id, prefix)
     return ("<secret ephemeral='no' private='yes'>"
             f"<description>CHAP secret of Tether volume {escape(volume_id)}</description>"
-            f"<usage type='iscsi'><target>{escape(secret_usage(volume_id))}</target></usage>"
+            f"<usage type='iscsi'><target>{escape(usage)}</target></usage>"
             "</secret>")
 
 
-def secret_usage(volume_id: str) -> str:
-    return SECRET_USAGE_PREFIX + volume_id
+def secret_usage(volume_id: str, prefix: str = NAME_PREFIX) -> str:
+    """The usage id that finds a volume's secret: ``tether-volume-<id>`` with
+    the default prefix."""
+    return f"{prefix}volume-{volume_id}"
+
+
+def volume_of_secret(usage: str, prefix: str = NAME_PREFIX) -> str | None:
+    """The volume id in a secret's usage id, or None if not one of ours."""
+    head = secret_usage("", prefix)
+    if not usage.startswith(head):
+        return None
+    return usage[len(head):] or None
 
 
 def _attached(disk: ET.Element) -> AttachedDisk:

@@ -54,6 +54,7 @@ class ExportState:
     initiators: frozenset[str]
     backing_path: str | None
     chap_username: str | None
+    sessions: frozenset[str] = frozenset()  # initiators logged in now
 
 
 class TargetError(Exception):
@@ -87,4 +88,13 @@ class TargetDriver(Protocol):
 
     def sessions(self, volume_id: str) -> frozenset[str]:
         """Initiator IQNs with a live session on the volume's target."""
+        ...
+
+    def accounts(self) -> frozenset[str]:
+        """The user names of every CHAP account the target holds, bound to a
+        target or not (never a password)."""
+        ...
+
+    def remove_account(self, username: str) -> None:
+        """Delete a CHAP account (from every target it is bound to); no-op if absent."""
         ...

@@ -3,6 +3,7 @@ and demos: records every operation and can be told to fail the next one."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from tether.volume.targets.base import (
@@ -19,6 +20,8 @@ class FakeTarget:
         self.portal = f"{portal_ip}:{portal_port}"
         self._exports: dict[str, ExportState] = {}
         self._chap: dict[str, str] = {}
+        self._accounts: set[str] = set()
+        self._sessions: dict[str, frozenset[str]] = {}  # what initiators hold now
         self.calls: list[tuple[str, str]] = []
         self._fail: set[str] = set()
         self._lock = threading.Lock()
@@ -43,13 +46,17 @@ class FakeTarget:
                 spec.volume_id, target_iqn(spec.volume_id), frozenset(spec.initiators),
                 spec.backing_path, spec.chap.username)
             self._chap[spec.volume_id] = spec.chap.password
+            self._accounts.add(spec.chap.username)
         return self.location(spec.volume_id)
 
     def unexport(self, volume_id: str) -> None:
         with self._lock:
             self._record("unexport", volume_id)
-            self._exports.pop(volume_id, None)
+            state = self._exports.pop(volume_id, None)
             self._chap.pop(volume_id, None)
+            self._sessions.pop(volume_id, None)  # tgt's unexport forces them out
+            if state is not None and state.chap_username:
+                self._accounts.discard(state.chap_username)
 
     def allow(self, volume_id: str, initiator_iqn: str) -> None:
         with self._lock:
@@ -72,13 +79,48 @@ class FakeTarget:
 
     def exports(self) -> dict[str, ExportState]:
         with self._lock:
-            return dict(self._exports)
+            return {vid: dataclasses.replace(state, sessions=self._sessions.get(vid, frozenset()))
+                    for vid, state in self._exports.items()}
 
     def sessions(self, volume_id: str) -> frozenset[str]:
-        return frozenset()
+        with self._lock:
+            return self._sessions.get(volume_id, frozenset())
+
+    def accounts(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._accounts)
+
+    def remove_account(self, username: str) -> None:
+        with self._lock:
+            self._record("remove_account", username)
+            self._accounts.discard(username)
+            for vid, state in list(self._exports.items()):
+                if state.chap_username == username:
+                    self._exports[vid] = dataclasses.replace(state, chap_username=None)
+
+    # -- what happens behind the driver's back (tests) ----------------------------
+
+    def add_account(self, username: str) -> None:
+        """An account someone made with tgtadm."""
+        with self._lock:
+            self._accounts.add(username)
+
+    def set_sessions(self, volume_id: str, initiators: frozenset[str]) -> None:
+        """Who is logged in to the volume's target now."""
+        with self._lock:
+            self._sessions[volume_id] = initiators
+
+    def change_export(self, volume_id: str, **values: object) -> None:
+        """Change what the target holds for an export (``initiators``,
+        ``backing_path``, ``chap_username``), as a hand-run tgtadm would."""
+        with self._lock:
+            self._exports[volume_id] = dataclasses.replace(self._exports[volume_id],
+                                                           **values)  # type: ignore[arg-type]
 
     def lose_everything(self) -> None:
         """What a tgtd restart does."""
         with self._lock:
             self._exports.clear()
             self._chap.clear()
+            self._accounts.clear()
+            self._sessions.clear()

@@ -87,6 +87,20 @@ def parse_show(text: str) -> dict[str, ShownTarget]:
     return targets
 
 
+def parse_accounts(text: str) -> frozenset[str]:
+    """User names from ``tgtadm --op show --mode account`` (``Account list:``
+    then one name a line; nothing at all when there is none)."""
+    names = set()
+    listing = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line == "Account list:":
+            listing = True
+        elif listing and line:
+            names.add(line.split()[0])
+    return frozenset(names)
+
+
 class TgtTarget:
     def __init__(self, runner: Runner, portal_ip: str, portal_port: int = 3260,
                  control_port: int = 0, iqn_prefix: str = IQN_PREFIX,
@@ -240,9 +254,22 @@ class TgtTarget:
             if volume_id is None:
                 continue
             out[volume_id] = ExportState(volume_id, iqn, frozenset(t.acl), t.backing.get(LUN),
-                                         t.accounts[0] if t.accounts else None)
+                                         t.accounts[0] if t.accounts else None,
+                                         frozenset(t.sessions))
         return out
 
     def sessions(self, volume_id: str) -> frozenset[str]:
         target = self._show().get(self._iqn(volume_id))  # sessions change on their own
         return frozenset(target.sessions) if target else frozenset()
+
+    def accounts(self) -> frozenset[str]:
+        return parse_accounts(self._adm("show", "account"))
+
+    def remove_account(self, username: str) -> None:
+        with self._lock:
+            # tgtd unbinds it from its targets itself
+            self._adm("delete", "account", user=username, tolerate=_NO_ACCOUNT)
+            for target in (self._known or {}).values():
+                if username in target.accounts:
+                    target.accounts.remove(username)
+        LOG.debug("tgt: account %s removed", username)

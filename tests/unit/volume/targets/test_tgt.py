@@ -11,7 +11,7 @@ import pytest
 
 from tether.executor import CommandError, CommandResult
 from tether.volume.targets.base import ChapCredentials, ExportSpec, TargetError
-from tether.volume.targets.tgt import TgtTarget, parse_show
+from tether.volume.targets.tgt import TgtTarget, parse_accounts, parse_show
 from tether.volume.targets.tgtadm import CommandAdmin
 
 VID = "6f1c2f0e-1d2b-4b8e-9a57-0c6f3f1e9d11"
@@ -60,8 +60,10 @@ Target 3: {IQN}
 class Runner:
     """Answers ``--op show`` with a canned text; records everything else."""
 
-    def __init__(self, show: str = "", fail: dict[str, str] | None = None) -> None:
+    def __init__(self, show: str = "", fail: dict[str, str] | None = None,
+                 accounts: str = "") -> None:
         self.show = show
+        self.accounts = accounts
         self.fail = fail or {}
         self.calls: list[list[str]] = []
         self.secrets_seen: list[Sequence[str]] = []
@@ -73,6 +75,8 @@ class Runner:
         op = args[5:]
         if op[:4] == ["--op", "show", "--mode", "target"]:
             return CommandResult(tuple(args), 0, self.show, "")
+        if op[:4] == ["--op", "show", "--mode", "account"]:
+            return CommandResult(tuple(args), 0, self.accounts, "")
         self.calls.append(op)
         self.secrets_seen.append(secrets)
         for needle, message in self.fail.items():
@@ -172,7 +176,35 @@ def test_exports_and_sessions_read_back() -> None:
     state = d.exports()
     assert list(state) == [VID]  # targets without our prefix are not ours
     assert state[VID].initiators == {A} and state[VID].chap_username == "tetheruser1"
+    assert state[VID].sessions == {A}
     assert d.sessions(VID) == {A}
+
+
+# what tgtd 1.0.85 answers to --op show --mode account (nothing when it has none)
+ACCOUNTS = """Account list:
+    other1
+    tether0a1b2c3d4e5f60
+"""
+
+
+def test_accounts_are_read_back_by_name() -> None:
+    assert parse_accounts(ACCOUNTS) == {"other1", "tether0a1b2c3d4e5f60"}
+    assert parse_accounts("") == frozenset()
+    assert _driver(Runner(accounts=ACCOUNTS)).accounts() == {"other1", "tether0a1b2c3d4e5f60"}
+
+
+def test_remove_account_deletes_it_and_tolerates_its_absence() -> None:
+    runner = Runner(show=SHOW, fail={"--user gone": "tgtadm: can't find the account"})
+    d = _driver(runner)
+    assert d.exports()[VID].chap_username == "tetheruser1"
+    d.remove_account("tetheruser1")
+    d.remove_account("gone")
+    assert runner.calls == [["--op", "delete", "--mode", "account", "--user", "tetheruser1"],
+                            ["--op", "delete", "--mode", "account", "--user", "gone"]]
+    # tgtd unbound it: our view says so too, so a new export binds it again
+    d.export(ExportSpec(VID, f"/var/lib/tether/volumes/volume-{VID}", CHAP, frozenset({A})))
+    assert runner.calls[-1] == ["--op", "bind", "--mode", "account", "--tid", "3", "--user",
+                                "tetheruser1"]
 
 
 def test_stale_view_is_reloaded_and_the_change_retried() -> None:
