@@ -106,6 +106,7 @@ tgt_control_port = {tgtd.control_port}
 reconcile_interval = 0
 [compute]
 initiator_iqn = iqn.2010-10.org.tether:{host}
+domain_prefix = tether-{host}-
 {extra}""")
     http = httpx.Client(timeout=30, headers={"X-Auth-Token": "alice:p1"})
     cluster = Cluster(http, f"http://127.0.0.1:{compute_port}/v2.1",

@@ -34,6 +34,7 @@ class Serve:
     proc: subprocess.Popen[bytes] | None = None
     servers: list[str] = field(default_factory=list)
     state_dir: str = ""
+    prefix: str = "tether-"  # of its libvirt domains and secrets
 
     @property
     def compute_url(self) -> str:
@@ -109,12 +110,15 @@ def _answers(url: str) -> bool:
 
 def write_config(state_dir: str, tgtd: Tgtd, extra: str = "") -> Serve:
     """A ``tether.conf`` in ``state_dir`` for a serve on free ports, with its
-    own host name and initiator; ``extra``: more INI text."""
+    own host name, initiator and libvirt name prefix (so that ``tether
+    audit`` never takes another run's guests on the same libvirtd for its
+    own strays); ``extra``: more INI text for ``[compute]``."""
     tag = uuid.uuid4().hex[:8]
     serve = Serve(compute_port=free_port(), volume_port=free_port(), image_port=free_port(),
                   default_project=f"clients-{tag}",
                   initiator=f"iqn.2010-10.org.tether:clients-{tag}")
     serve.state_dir = state_dir
+    serve.prefix = f"tether-{tag}-"
     with open(os.path.join(state_dir, "tether.conf"), "w") as f:
         f.write(f"""[DEFAULT]
 host = clients-{tag}
@@ -129,6 +133,7 @@ target_port = {tgtd.portal_port}
 tgt_control_port = {tgtd.control_port}
 [compute]
 initiator_iqn = {serve.initiator}
+domain_prefix = {serve.prefix}
 device_detach_timeout = 5
 device_detach_attempts = 2
 {extra}""")

@@ -72,4 +72,4 @@ def domain_xml(sid: str, inactive: bool = False) -> str:
 def secret_exists(vid: str) -> bool:
     out = subprocess.run(["virsh", "-c", "qemu:///system", "secret-list"], capture_output=True,
                          text=True, check=True).stdout
-    return f"tether-volume-{vid}" in out
+    return f"volume-{vid}" in out  # whatever the deployment's prefix

@@ -184,4 +184,4 @@ def test_races_have_one_winner(serve: Serve, target: TgtTarget) -> None:
 def _no_secrets(vids: list[str]) -> None:
     out = subprocess.run(["virsh", "-c", "qemu:///system", "secret-list"],
                          capture_output=True, text=True, check=True).stdout
-    assert not [vid for vid in vids if f"tether-volume-{vid}" in out]
+    assert not [vid for vid in vids if f"volume-{vid}" in out]

@@ -249,6 +249,19 @@ def test_volume_stuck_creating(t: Tether) -> None:
     assert "volume service of testhost@file finishes it" in finding["advice"]
 
 
+def test_a_reservation_is_not_stuck(t: Tether) -> None:
+    """A shelved-offloaded server's volume stays reserved (an attachment
+    without a connector) for as long as the server is offloaded: not drift."""
+    nova, _cinder, sid, vid = t.server_with_volume()
+    assert nova.post(f"/v2.1/servers/{sid}/action", {"shelve": None}).status_code == 202
+    t.wait_action(nova, sid, "shelve")
+    assert t.api().get(f"/v3/volumes/{vid}").json["volume"]["status"] == "reserved"
+    set_row(t.db, models.Volume, vid, updated_at=LONG_AGO)
+    assert report(t)["exit_code"] == 0
+    set_row(t.db, models.Volume, vid, status="attaching", updated_at=LONG_AGO)
+    assert "stuck-volume" not in drifts(report(t))  # (settled instead: it contradicts)
+
+
 def test_volume_status_of_a_volume_an_operation_works_on_is_not_drift(t: Tether) -> None:
     _nova, _cinder, sid, vid = t.server_with_volume()
     queued(t, sid, "detach_volume", vid)

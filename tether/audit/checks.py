@@ -103,6 +103,14 @@ def _stuck_advice(vol: VolumeRecord, attached: bool) -> str:
             "attachment through the Block Storage API")
 
 
+def _held(vol: VolumeRecord, remaining: list[str]) -> bool:
+    """A volume reserved by attachments without a connector is a stable state,
+    not a stuck one: a shelved-offloaded server keeps its volumes so, and a
+    Block Storage client may reserve one for as long as it likes."""
+    return (vol.status == vol_states.RESERVED and bool(remaining)
+            and all(s == "reserved" for s in remaining))
+
+
 def volumes(db: DbState, scope: Scope, busy: Busy) -> Iterator[Finding]:
     for vol in db.volumes.values():
         age = db.now - (vol.updated_at or vol.created_at)
@@ -128,7 +136,8 @@ def volumes(db: DbState, scope: Scope, busy: Busy) -> Iterator[Finding]:
             yield drift("volume-status", resource, f"status available, but {says}",
                         advice="remove the attachments no server uses (orphan-attachment), "
                                f"or os-reset_status the volume to {settled}")
-        elif vol.status in vol_states.TRANSITIONAL and age > scope.timeout:
+        elif (vol.status in vol_states.TRANSITIONAL and age > scope.timeout
+              and not _held(vol, remaining)):
             yield drift("stuck-volume", resource,
                         f"{vol.status} for {ago(age)} and nothing is working on it",
                         advice=_stuck_advice(vol, bool(remaining)))
