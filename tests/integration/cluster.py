@@ -82,7 +82,9 @@ def distributed(tmp_path: str, tgtd: Tgtd, extra: str = "") -> Iterator[Cluster]
     """``extra``: more INI text for the shared tether.conf."""
     ensure_database_server("postgresql")
     name = f"tether_dist_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    # (pre-ping: a test may restart PostgreSQL under the pooled connection)
+    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT",
+                             pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     host = f"dist-{uuid.uuid4().hex[:6]}"
