@@ -130,6 +130,26 @@ def at_once(pool: ThreadPoolExecutor, calls: list[Callable[[], Op]]) -> list[Op]
         raise
 
 
+def guests_settled(driver: LibvirtDriver, ids: list[str], timeout: float = 120) -> float:
+    """Wait until the guests have settled; how long it took.  A guest without
+    an OS spends its first ~20 s in the firmware looking for something to boot,
+    at ~13% of a core each (20 guests: more than this machine's two cores),
+    then ~1%: the waves must not start before."""
+    pids = [cpu_pid(driver.conn().lookupByUUIDString(i).name()) for i in ids]
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        c0 = sum(cpu_seconds(p) for p in pids)
+        time.sleep(2)
+        if (sum(cpu_seconds(p) for p in pids) - c0) / 2 < 0.02 * len(pids):
+            break
+    return time.monotonic() - started
+
+
+def cpu_pid(domain: str) -> int:
+    with open(f"/run/libvirt/qemu/{domain}.pid") as f:
+        return int(f.read().strip())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -497,13 +517,27 @@ def sweep(driver: LibvirtDriver, ids: set[str]) -> list[str]:
     return found
 
 
-def log_problems(state: str) -> list[str]:
-    problems = []
-    for name in ("tether.log", "serve.out"):
-        with contextlib.suppress(FileNotFoundError), open(os.path.join(state, name)) as f:
-            problems += [f"{name}: {line.rstrip()}" for line in f
-                         if re.search(r" (WARNING|ERROR|CRITICAL) |^Traceback", line)]
-    return problems
+def log_problems(state: str) -> dict[str, dict[str, Any]]:
+    """serve's warnings and errors, grouped by message (numbers masked): how
+    many, and the first one in full.  serve.out repeats the log on stderr;
+    only what never reached the log (a traceback at start) is taken from it."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def add(key: str, line: str) -> None:
+        entry = found.setdefault(key, {"count": 0, "first": line})
+        entry["count"] += 1
+
+    with contextlib.suppress(FileNotFoundError), open(os.path.join(state, "tether.log")) as f:
+        for line in f:
+            m = re.match(r"\S+ \S+ (WARNING|ERROR|CRITICAL) (.*)", line)
+            if m:
+                add(re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)?", "#", m.group(0)[24:]),
+                    line.rstrip())
+    with contextlib.suppress(FileNotFoundError), open(os.path.join(state, "serve.out")) as f:
+        for line in f:
+            if line.startswith("Traceback"):
+                add("serve.out: Traceback", line.rstrip())
+    return found
 
 
 def _interrupt(*_: Any) -> None:
@@ -521,6 +555,8 @@ def run(args: argparse.Namespace, ns: list[int], tether: Tether, floor: Floor,
     sids, vids = tether.created
     tether.create(args.servers, max(ns))
     floor.create(args.servers, max(ns))
+    print(f"guests settled after {guests_settled(floor.driver, sids + floor.guests):.0f}s",
+          flush=True)
 
     def pairs(n: int) -> list[tuple[str, str]]:
         return [(sids[i % len(sids)], vids[i]) for i in range(n)]
@@ -607,9 +643,10 @@ def main() -> int:
                 shutil.copy(os.path.join(state, "tether.log"),
                             os.path.join(folder, f"concurrency-{stamp}.log"))
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"serve's log: {len(problems)} warning/error lines" + (":" if problems else ""))
-        for line in problems[:40]:
-            print(f"  {line}")
+        print(f"serve's log: {sum(p['count'] for p in problems.values())} warning/error "
+              "lines" + (":" if problems else ""))
+        for key, p in problems.items():
+            print(f"  {p['count']:4d} x {key}\n         first: {p['first'][:300]}")
         print(f"had to be swept after serve stopped: {', '.join(swept) or 'nothing'}; "
               f"left after the sweep: {', '.join(left) or 'nothing'}", flush=True)
     wall = time.monotonic() - started
