@@ -116,6 +116,8 @@ class Op:
 
 def at_once(pool: ThreadPoolExecutor, calls: list[Callable[[], Op]]) -> list[Op]:
     """Run ``calls`` in the pool's threads, released together."""
+    if not calls:
+        return []
     barrier = threading.Barrier(len(calls))
 
     def go(call: Callable[[], Op]) -> Op:
@@ -368,7 +370,10 @@ class Floor:
     def __init__(self, driver: LibvirtDriver, state: str) -> None:
         self.driver = driver
         self.state = state
-        self.admin = SocketAdmin()
+        # blocking connects, as tgtadm's: with the socket's timeout set, a connect
+        # fails at once (EAGAIN) while tgtd's accept backlog (32) is full
+        self.admin = SocketAdmin(timeout=None)  # type: ignore[arg-type]
+        self.attached: set[int] = set()
         self.initiator = host_initiator_iqn(None, state, "bench")
         self.guests: list[str] = []
         self.vids: list[str] = []  # every one used, for the cleanup and the check
@@ -412,12 +417,15 @@ class Floor:
                                                            self.initiator, chap.username,
                                                            secret)))
             op.end = time.time()
+            self.attached.add(i)
         except Exception as exc:
             op.error = f"floor attach {i}: {type(exc).__name__}: {exc}"
+            self.undo(v)
         return op
 
     def detach(self, i: int) -> Op:
         v = self.volumes[i]
+        self.attached.discard(i)
         op = Op(v.vid, v.guest, time.time())
         try:
             self.driver.detach_disk(v.guest, v.vid, timeout=20, attempts=3)
@@ -427,26 +435,35 @@ class Floor:
             op.end = time.time()
         except Exception as exc:
             op.error = f"floor detach {i}: {type(exc).__name__}: {exc}"
+            self.undo(v)
         return op
 
+    def undo(self, v: FloorVolume) -> None:
+        """Whatever an attach or detach left of ``v``, so the next round starts clean."""
+        for step in (lambda: self.driver.detach_disk(v.guest, v.vid, timeout=5, attempts=1),
+                     lambda: self.driver.undefine_chap_secret(v.vid),
+                     lambda: self.tgt("delete", "target", tid=v.tid, force=True),
+                     lambda: self.tgt("delete", "account", params=(("user", v.user),))):
+            with contextlib.suppress(Exception):
+                step()
+
     def wave(self, pool: ThreadPoolExecutor, kind: str, n: int) -> list[Op]:
-        call = self.attach if kind == "attach" else self.detach
-        return at_once(pool, [lambda i=i: call(i) for i in range(n)])
+        """Attach volumes 0..n-1; or detach those of them that are attached."""
+        if kind == "attach":
+            return at_once(pool, [lambda i=i: self.attach(i) for i in range(n)])
+        todo = sorted(i for i in self.attached if i < n)
+        return at_once(pool, [lambda i=i: self.detach(i) for i in todo]) if todo else []
 
     def remove(self) -> None:
         """Guests, secrets, targets and accounts, whatever state they are in."""
         for guest in self.guests:
             with contextlib.suppress(Exception):
                 self.driver.destroy(guest)
+        for v in self.volumes:
+            self.undo(v)
         for vid in self.vids:
             with contextlib.suppress(Exception):
                 self.driver.undefine_chap_secret(vid)
-        for v in self.volumes:
-            with contextlib.suppress(TargetError):
-                self.tgt("delete", "target", tid=v.tid, force=True)
-            if v.user:
-                with contextlib.suppress(TargetError):
-                    self.tgt("delete", "account", params=(("user", v.user),))
 
 
 def summary(waves: list[dict[str, Any]], n: int, path: str, kind: str) -> dict[str, Any]:
