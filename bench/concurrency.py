@@ -29,14 +29,19 @@ barrier), and it ends when all of them have ended:
   five requests on tgtd's management socket (target, LUN, CHAP account,
   account bind, initiator bind), the libvirt secret, persistent + live attach;
   then live + persistent detach waited on libvirt's device-removed event,
-  secret removal, two socket requests (target, account).
+  secret removal, two socket requests (target, account).  Nothing is
+  serialised but what tgtd (one thread) and libvirt (one job per domain at a
+  time) serialise themselves; Tether's host also runs one operation per server
+  at a time, so N = 50 is five in a row on each server there.
 
 Per N and operation: p50 / p95 of the operations' latencies (all rounds
 pooled), throughput (operations ended per second over a wave, from the first
 request sent to the last end: the median over rounds), the tether/floor
 ratios, the ``tether serve`` process's CPU per operation (its POSIX CPU
 clock, all threads, over the wave / N: median over rounds) and the refused
-or failed operations.  Each round runs every N once for both paths, the
+or failed operations, and the p50 of the time the API took to answer a
+request (``answer``: waitress queues what its ``[api] threads`` cannot take at
+once).  Each round runs every N once for both paths, the
 order alternating (tether first, then floor first) so the machine's drift
 hits both alike; one unrecorded wave of each warms every guest first.
 
@@ -571,8 +576,11 @@ def run(args: argparse.Namespace, ns: list[int], tether: Tether, floor: Floor,
           f"{args.servers} servers, {max(ns)} volumes, {args.servers} floor guests", flush=True)
     sids, vids = tether.created
     tether.create(args.servers, max(ns))
+    print(f"  servers ACTIVE and volumes available at {time.monotonic() - started:.0f}s",
+          flush=True)
     floor.create(args.servers, max(ns))
-    print(f"guests settled after {guests_settled(floor.driver, sids + floor.guests):.0f}s",
+    settled = guests_settled(floor.driver, sids + floor.guests)
+    print(f"  floor guests up; all guests' firmware settled after another {settled:.0f}s",
           flush=True)
 
     def pairs(n: int) -> list[tuple[str, str]]:
@@ -694,7 +702,7 @@ def print_table(table: dict[int, dict[str, dict[str, Any]]], ns: list[int]) -> N
 
     print(f"\n{'N':>3} {'op':6} | {'tether p50 / p95 ms':>19} | {'floor p50 / p95 ms':>19} | "
           f"{'p50 x':>5} | {'tether op/s':>11} {'floor op/s':>10} {'x':>5} | "
-          f"{'CPU/op ms':>9} | {'refused':>7} | {'failed t/f':>10}")
+          f"{'CPU/op ms':>9} | {'refused':>7} | {'failed t/f':>10} | {'answer p50':>10}")
     for n in ns:
         for kind in ("attach", "detach"):
             t, f = table[n][f"tether_{kind}"], table[n][f"floor_{kind}"]
@@ -704,7 +712,8 @@ def print_table(table: dict[int, dict[str, dict[str, Any]]], ns: list[int]) -> N
                   f"{ms(f['p50_ms'])} / {ms(f['p95_ms'])}    | {ratio:5.2f} | "
                   f"{t['ops_per_s']:11.1f} {f['ops_per_s']:10.1f} {thr:5.2f} | "
                   f"{t.get('cpu_ms_per_op', float('nan')):9.1f} | {t['refused']:7d} | "
-                  f"{t['failed']:4d} / {f['failed']:<3d}")
+                  f"{t['failed']:4d} / {f['failed']:<3d} | "
+                  f"{t.get('answer_p50_ms', float('nan')):7.1f} ms")
 
 
 if __name__ == "__main__":
