@@ -82,6 +82,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+import libvirt
 from attach_detach import cpu_seconds, pct
 
 from tether import daemons
@@ -142,7 +143,12 @@ def guests_settled(driver: LibvirtDriver, ids: list[str], timeout: float = 120) 
     an OS spends its first ~20 s in the firmware looking for something to boot,
     at ~13% of a core each (20 guests: more than this machine's two cores),
     then ~1%: the waves must not start before."""
-    pids = [cpu_pid(driver.conn().lookupByUUIDString(i).name()) for i in ids]
+    pids = []
+    for i in ids:
+        try:
+            pids.append(cpu_pid(driver.conn().lookupByUUIDString(i).name()))
+        except (libvirt.libvirtError, OSError) as exc:  # seen once, not explained yet
+            print(f"  ! guest {i} has no domain or QEMU process: {exc}", flush=True)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         c0 = sum(cpu_seconds(p) for p in pids)
@@ -155,6 +161,23 @@ def guests_settled(driver: LibvirtDriver, ids: list[str], timeout: float = 120) 
 def cpu_pid(domain: str) -> int:
     with open(f"/run/libvirt/qemu/{domain}.pid") as f:
         return int(f.read().strip())
+
+
+def listens(pid: int, ports: list[int]) -> bool:
+    """Whether process ``pid`` itself listens on every one of ``ports``."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    mine = set()
+    with open("/proc/net/tcp") as f:
+        for line in list(f)[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                mine.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return set(ports) <= mine
 
 
 def free_port() -> int:
@@ -175,7 +198,7 @@ class Tether:
         self.state, self.code = state, code
         self.proc: subprocess.Popen[bytes] | None = None
         self.created: tuple[list[str], list[str]] = ([], [])  # server ids, volume ids
-        ports = [free_port() for _ in range(3)]
+        ports = self.ports = [free_port() for _ in range(3)]
         self.conf = (f"[api]\ncompute_port = {ports[0]}\nvolume_port = {ports[1]}\n"
                      f"image_port = {ports[2]}\nthreads = {api_threads}\n"
                      "[compute]\ndevice_detach_timeout = 20\ndevice_detach_attempts = 3\n")
@@ -197,8 +220,11 @@ class Tether:
                 env={**os.environ, "PYTHONPATH": self.code})
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.volume, timeout=1).status_code == 200:
+            # the ports must be serve's own: on a shared host another process
+            # may take a free port between our pick and serve's bind
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                if listens(self.proc.pid, self.ports) and httpx.get(
+                        self.volume, timeout=1).status_code == 200:
                     break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"tether serve did not come up: see {state}/serve.out")
@@ -646,6 +672,7 @@ def main() -> int:
     try:
         sids, vids, wrong = run(args, ns, tether, floor, pool, waves, started)
     finally:
+        raised = sys.exc_info()[0] is not None
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the cleanup runs to its end
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("cleaning up", flush=True)
@@ -663,10 +690,11 @@ def main() -> int:
         left = [f"{len(x)} {k}" for k, x in zip(("domains", "secrets", "targets"), ours(
             driver, set(sids) | set(vids) | set(floor.guests) | set(floor.vids)), strict=True)
             if x]
-        if problems:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.copy(os.path.join(state, "tether.log"),
-                            os.path.join(folder, f"concurrency-{stamp}.log"))
+        if problems or raised:  # kept for a look at what went wrong
+            for name in ("tether.log", "serve.out"):
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.copy(os.path.join(state, name),
+                                os.path.join(folder, f"concurrency-{stamp}-{name}"))
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"serve's log: {sum(p['count'] for p in problems.values())} warning/error "
               "lines" + (":" if problems else ""))
