@@ -67,6 +67,7 @@ import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -176,6 +177,16 @@ def log_problems(state: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def revision(checkout: str) -> str:
+    """The commit serve ran, with ``+dirty`` for uncommitted changes."""
+    git = ["git", "-C", checkout]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout.strip() or "?"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
@@ -223,7 +234,7 @@ def run(args: argparse.Namespace, ns: list[int], tether: Tether, floor: Floor,
                     record(waves, rnd, n, path, kind, ops, cpu)
             print(f"round {rnd + 1}/{args.rounds} N={n} done "
                   f"({time.monotonic() - started:.0f}s)", flush=True)
-    return sids, vids, tether.check_detached(vids)
+    return sids, vids, tether.check_detached(sids, vids)
 
 
 def main() -> int:
@@ -301,6 +312,7 @@ def main() -> int:
     print(f"wall time {wall:.0f}s; load average {load0[0]:.2f} before, {load1[0]:.2f} after")
     out = {"n": ns, "rounds": args.rounds, "servers": args.servers,
            "api_threads": args.api_threads, "watch": "db", "serve_from": args.serve_from,
+           "serve_revision": revision(args.serve_from),
            "serve_config": tether.conf, "table": table, "waves": waves,
            "final_state_wrong": wrong, "log_problems": problems, "swept": swept,
            "left_behind": left, "wall_s": wall, "loadavg_before": load0,

@@ -222,14 +222,20 @@ class Tether:
                 raise RuntimeError(f"timed out waiting for {what}")
             time.sleep(0.1)
 
-    def check_detached(self, vids: list[str]) -> list[str]:
-        """What is wrong with the volumes' final state (nothing, we hope)."""
+    def check_detached(self, sids: list[str], vids: list[str]) -> list[str]:
+        """What is wrong at the end (nothing, we hope): a volume not
+        ``available`` or with an attachment, a server with a volume attachment."""
         wrong = []
         for vid in vids:
             vol = self.volume_(vid)
             if vol["status"] != "available" or vol["attachments"]:
                 wrong.append(f"volume {vid} ended {vol['status']} with attachments "
                              f"{vol['attachments']}")
+        for sid in sids:
+            left = self.http.get(f"{self.compute}/servers/{sid}/os-volume_attachments",
+                                 headers=COMPUTE).raise_for_status().json()["volumeAttachments"]
+            if left:
+                wrong.append(f"server {sid} still lists volume attachments {left}")
         return wrong
 
     def delete(self, sids: list[str], vids: list[str]) -> None:
