@@ -99,11 +99,17 @@ def summary(waves: list[dict[str, Any]], n: int, path: str, kind: str) -> dict[s
     if path == "tether" and mine:
         out["cpu_ms_per_op"] = statistics.median(w["cpu_ms_per_op"] for w in mine)
         out["answer_p50_ms"] = pct([x for w in mine for x in w["answer_s"]], 0.5) * 1000
+        steps: dict[str, list[float]] = {}
+        for w in mine:
+            for event, took in w["steps_s"].items():
+                steps.setdefault(event, []).extend(took)
+        out["steps_p50_ms"] = {e: pct(t, 0.5) * 1000 for e, t in steps.items() if t}
     return out
 
 
 def record(waves: list[dict[str, Any]], rnd: int, n: int, path: str, kind: str,
-           ops: list[Op], cpu: float | None = None) -> None:
+           ops: list[Op], cpu: float | None = None,
+           steps: dict[str, list[float]] | None = None) -> None:
     done = [op for op in ops if op.error is None and op.end is not None]
     span = max(op.latency + op.sent for op in done) - min(op.sent for op in ops) if done else 0
     wave: dict[str, Any] = {
@@ -114,6 +120,7 @@ def record(waves: list[dict[str, Any]], rnd: int, n: int, path: str, kind: str,
     if cpu is not None:
         wave["cpu_ms_per_op"] = cpu / len(ops) * 1000 if ops else 0.0
         wave["answer_s"] = [op.answered - op.sent for op in ops if op.answered]
+        wave["steps_s"] = steps or {}
     waves.append(wave)
     for op in ops:
         if op.error:
@@ -229,9 +236,9 @@ def run(args: argparse.Namespace, ns: list[int], tether: Tether, floor: Floor,
                         record(waves, rnd, n, path, kind, floor.wave(pool, kind, n))
                         continue
                     todo = [(s, v) for s, v in pairs(n) if kind == "attach" or v in attached]
-                    ops, cpu = tether.wave(pool, kind, todo, args.timeout)
+                    ops, cpu, steps = tether.wave(pool, kind, todo, args.timeout)
                     attached = {op.volume for op in ops if op.error is None}
-                    record(waves, rnd, n, path, kind, ops, cpu)
+                    record(waves, rnd, n, path, kind, ops, cpu, steps)
             print(f"round {rnd + 1}/{args.rounds} N={n} done "
                   f"({time.monotonic() - started:.0f}s)", flush=True)
     return sids, vids, tether.check_detached(sids, vids)
@@ -343,6 +350,13 @@ def print_table(table: dict[int, dict[str, dict[str, Any]]], ns: list[int]) -> N
                   f"{t['failed']:4d} / {f['failed']:<3d} | "
                   f"{t.get('answer_p50_ms', float('nan')):7.1f} ms")
 
+    print("\nwhere a tether operation's time went, p50 ms (steps nest; queued: API step end"
+          " -> first host step)")
+    for n in ns:
+        for kind in ("attach", "detach"):
+            steps = table[n][f"tether_{kind}"].get("steps_p50_ms", {})
+            print(f"{n:>3} {kind:6} " + "  ".join(f"{e.split(':')[-1]} {v:.1f}"
+                                                    for e, v in steps.items()))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -292,8 +292,9 @@ class Tether:
                             vid, sid)
 
     def wave(self, pool: ThreadPoolExecutor, kind: str, pairs: list[tuple[str, str]],
-             timeout: float) -> tuple[list[Op], float]:
-        """N requests at once; the operations, and the service's CPU over the wave."""
+             timeout: float) -> tuple[list[Op], float, dict[str, list[float]]]:
+        """N requests at once; the operations, the service's CPU over the wave,
+        and the operations' steps."""
         after = self.db.execute("SELECT coalesce(max(id), 0) FROM instance_actions"
                                 ).fetchone()[0]
         c0 = self.cpu()
@@ -301,7 +302,8 @@ class Tether:
         ops = at_once(pool, [lambda s=s, v=v: call(s, v) for s, v in pairs])
         self.settle(ops, "in-use" if kind == "attach" else "available", f"{kind}_volume",
                     after, timeout)
-        return ops, self.cpu() - c0
+        cpu = self.cpu() - c0
+        return ops, cpu, self.steps(after, f"{kind}_volume")
 
     def settle(self, ops: list[Op], target: str, action: str, after: int,
                timeout: float) -> None:
@@ -334,6 +336,28 @@ class Tether:
                     print(f"  actions still open after {timeout:g}s: {', '.join(open_)}")
                 return
             time.sleep(WATCH)
+
+    def steps(self, after: int, action: str) -> dict[str, list[float]]:
+        """Where the wave's operations spent their time (seconds, by step; steps
+        nest): each recorded step, and ``queued``: from the end of the API's
+        step to the start of the host's first (the RPC, a worker, the server's
+        lock: the host runs one operation per server at a time)."""
+        rows = self.db.execute(
+            "SELECT e.action_id, e.event, e.start_time, e.finish_time FROM "
+            "instance_action_events e JOIN instance_actions a ON a.id = e.action_id "
+            "WHERE a.id > ? AND a.action = ? AND e.finish_time IS NOT NULL ORDER BY e.id",
+            (after, action)).fetchall()
+        out: dict[str, list[float]] = {}
+        api_end: dict[int, float] = {}
+        first_host: dict[int, float] = {}
+        for aid, event, start, finish in rows:
+            out.setdefault(event, []).append(epoch(finish) - epoch(start))
+            if event.endswith(":compute_api"):
+                api_end[aid] = epoch(finish)
+            else:
+                first_host.setdefault(aid, epoch(start))
+        out["queued"] = [first_host[a] - api_end[a] for a in api_end if a in first_host]
+        return out
 
     def why(self, action_id: int) -> str:
         rows = self.db.execute("SELECT event, details FROM instance_action_events WHERE "
