@@ -8,7 +8,9 @@ under a temporary one, free ports, ``[compute] device_detach_timeout = 20``,
 ``--servers`` (10) servers and max(N) volumes of 1 GiB are created through the
 APIs, and as many guests for the floor directly in libvirt (the same QEMU
 guests without an OS, volumes on virtio-scsi).  Volume i goes to server
-i mod servers, so N = 50 puts 5 volumes on each.
+i mod servers, so N = 50 puts 5 volumes on each.  The waves start once the
+guests' firmware has settled (a fresh guest without an OS burns ~13% of a
+core for ~20 s looking for something to boot).
 
 A wave is N operations sent at once from N threads (released together by a
 barrier), and it ends when all of them have ended:
@@ -41,17 +43,20 @@ ratios, the ``tether serve`` process's CPU per operation (its POSIX CPU
 clock, all threads, over the wave / N: median over rounds) and the refused
 or failed operations, and the p50 of the time the API took to answer a
 request (``answer``: waitress queues what its ``[api] threads`` cannot take at
-once).  Each round runs every N once for both paths, the
-order alternating (tether first, then floor first) so the machine's drift
-hits both alike; one unrecorded wave of each warms every guest first.
+once).  Below the table, where Tether's operations spent their time: the p50
+of each step the operations recorded (``instance_action_events``), and of
+``queued``, from the end of the API's step to the start of the host's first.
+Each round runs every N once for both paths, the order alternating (tether
+first, then floor first) so the machine's drift hits both alike; one
+unrecorded wave of each warms every guest first.
 
 Afterwards every volume is checked through the API to be ``available`` with
 no attachment; servers and volumes are deleted through the API, serve is
 stopped, the floor's guests, secrets and targets removed, the temporary
 directory deleted, and libvirt and tgtd are checked for anything left with
-one of this run's ids.  Warnings and errors in serve's log are printed (and
-the log is kept beside the results when there are any).  JSON goes to
-bench/results/concurrency-<time>.json.
+one of this run's ids.  Warnings and errors in serve's log are printed,
+grouped by message (and the log is kept beside the results when there are
+any, or the run failed).  JSON goes to bench/results/concurrency-<time>.json.
 
 Usage: PYTHONPATH=. .venv/bin/python bench/concurrency.py [--n 1,10,50] [--rounds 3]
        [--servers 10] [--api-threads 8] [--serve-from DIR]
