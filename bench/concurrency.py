@@ -301,9 +301,11 @@ def main() -> int:
         left = [f"{len(x)} {k}" for k, x in zip(("domains", "secrets", "targets"), ours(
             driver, set(sids) | set(vids) | set(floor.guests) | set(floor.vids)), strict=True)
             if x]
-        if problems or raised:  # kept for a look at what went wrong
-            for name in ("tether.log", "serve.out"):
-                with contextlib.suppress(FileNotFoundError):
+        # kept for a look at what went wrong (serve.out repeats the log, and
+        # says more only when serve could not start or died)
+        for name in ("tether.log", *(("serve.out",) if raised else ())):
+            with contextlib.suppress(FileNotFoundError):
+                if problems or raised:
                     shutil.copy(os.path.join(state, name),
                                 os.path.join(folder, f"concurrency-{stamp}-{name}"))
         shutil.rmtree(tmp, ignore_errors=True)
