@@ -295,6 +295,7 @@ def main() -> int:
                 tether.delete(sids, vids)
             except Exception as exc:
                 wrong.append(f"cleanup through the API failed: {exc}")
+                print(f"CLEANUP THROUGH THE API FAILED: {exc}", flush=True)
         tether.stop()
         problems = log_problems(state)
         swept = sweep(driver, set(sids) | set(vids) | set(floor.guests) | set(floor.vids))
