@@ -4,7 +4,8 @@ bare calls (the floor), for N = 1, 10, 50 by default.
 
 Setup: ``tether serve`` runs as its own process (its own state directory
 under a temporary one, free ports, ``[compute] device_detach_timeout = 20``,
-``device_detach_attempts = 3``) from this checkout (``--serve-from`` another);
+``device_detach_attempts = 3``, a ``domain_prefix`` of the run's own for
+revisions that have it) from this checkout (``--serve-from`` another);
 ``--servers`` (10) servers and max(N) volumes of 1 GiB are created through the
 APIs, and as many guests for the floor directly in libvirt (the same QEMU
 guests without an OS, volumes on virtio-scsi).  Volume i goes to server
@@ -76,6 +77,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -85,7 +87,6 @@ from concurrency_sides import LETTERS, Floor, Op, Tether, guests_settled
 
 from tether import daemons
 from tether.virt.libvirt.driver import LibvirtDriver
-from tether.virt.libvirt.xml import SECRET_USAGE_PREFIX
 from tether.volume.targets.base import TargetError
 from tether.volume.targets.tgt import parse_show
 from tether.volume.targets.tgtadm import Request, SocketAdmin
@@ -137,7 +138,7 @@ def ours(driver: LibvirtDriver, ids: set[str]) -> tuple[list[Any], list[Any], li
     conn = driver.conn()
     domains = [d for d in conn.listAllDomains() if d.UUIDString() in ids]
     secrets = [s for s in conn.listAllSecrets()
-               if (s.usageID() or "").removeprefix(SECRET_USAGE_PREFIX) in ids]
+               if (s.usageID() or "")[-36:] in ids]  # <prefix>volume-<id>, any prefix
     targets: list[str] = []
     with contextlib.suppress(TargetError):
         shown = parse_show(SocketAdmin().request(Request("show", "target")))
@@ -271,9 +272,14 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="tether-bench-concurrency-")
     state = os.path.join(tmp, "serve")
     os.makedirs(state)
-    driver = LibvirtDriver()
+    # what both sides name in libvirt starts with a prefix of this run's own:
+    # `tether audit --repair` run by someone else on this libvirtd (with the
+    # default prefix) then takes none of it for a stray and removes it
+    # (revisions without [compute] domain_prefix ignore the option)
+    prefix = f"tether-bench-{uuid.uuid4().hex[:8]}-"
+    driver = LibvirtDriver(domain_prefix=prefix)
     pool = ThreadPoolExecutor(max_workers=max(ns), thread_name_prefix="wave")
-    tether = Tether(state, args.serve_from, args.api_threads)
+    tether = Tether(state, args.serve_from, args.api_threads, prefix)
     floor = Floor(driver, tmp)
     waves: list[dict[str, Any]] = []
     wrong: list[str] = []

@@ -144,14 +144,15 @@ def epoch(db_time: str) -> float:
 class Tether:
     """``tether serve`` in its own process, driven through its APIs."""
 
-    def __init__(self, state: str, code: str, api_threads: int) -> None:
+    def __init__(self, state: str, code: str, api_threads: int, prefix: str) -> None:
         self.state, self.code = state, code
         self.proc: subprocess.Popen[bytes] | None = None
         self.created: tuple[list[str], list[str]] = ([], [])  # server ids, volume ids
         ports = self.ports = [free_port() for _ in range(3)]
         self.conf = (f"[api]\ncompute_port = {ports[0]}\nvolume_port = {ports[1]}\n"
                      f"image_port = {ports[2]}\nthreads = {api_threads}\n"
-                     "[compute]\ndevice_detach_timeout = 20\ndevice_detach_attempts = 3\n")
+                     "[compute]\ndevice_detach_timeout = 20\ndevice_detach_attempts = 3\n"
+                     f"domain_prefix = {prefix}\n")
         self.compute = f"http://127.0.0.1:{ports[0]}/v2.1"
         self.volume = f"http://127.0.0.1:{ports[1]}/v3"
 
@@ -394,7 +395,8 @@ class Floor:
         for _ in range(guests):
             guest = str(uuid.uuid4())
             self.guests.append(guest)
-            self.driver.spawn(virt.ServerSpec(guest, f"tether-bench-{guest}", 1, 64))
+            self.driver.spawn(virt.ServerSpec(guest, f"{self.driver.domain_prefix}{guest}",
+                                              1, 64))
         for i in range(volumes):
             path = os.path.join(self.state, f"floor-volume-{i}")
             with open(path, "wb") as f:
