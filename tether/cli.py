@@ -56,6 +56,9 @@ def setup_logging(conf: Any, to_stderr: bool) -> None:
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
     for noisy in ("oslo_messaging", "stevedore", "waitress", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # requests waiting for a worker thread are normal under a burst (50 at
+    # once against [api] threads = 8); not a warning per request
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
 def _wait_for_signal() -> None:

@@ -31,6 +31,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -187,12 +188,28 @@ class SocketAdmin:
             0, 0, 0, 0, 0, int(req.force))
         return header + body
 
+    def _connect(self, sock: socket.socket) -> None:
+        """Connect, waiting while tgtd's backlog (32) is full: a socket with a
+        timeout connects without blocking and fails at once with EAGAIN then,
+        where tgtadm (blocking) waits its turn."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            try:
+                sock.connect(self.path)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+
     def request(self, req: Request) -> str:
         message = self.encode(req)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
-                sock.connect(self.path)
+                self._connect(sock)
                 sock.sendall(message)
                 head = _recv_exactly(sock, _REPLY.size)
                 code, length = _REPLY.unpack(head)

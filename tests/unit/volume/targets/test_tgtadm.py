@@ -268,3 +268,45 @@ def test_the_socket_file_is_only_a_path(tmp_path: Any) -> None:
     with pytest.raises(TargetError, match="cannot reach tgtd"):
         SocketAdmin(path=str(path)).request(Request("show", "system"))
     assert os.path.exists(path)
+
+
+def test_a_full_backlog_is_waited_for_not_an_error(tmp_path: Any) -> None:
+    """tgtd queues few connections; when they are all taken a connect with a
+    timeout fails at once (EAGAIN), where tgtadm waits: so does SocketAdmin."""
+    path = str(tmp_path / "socket.0")
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(path)
+    busy.listen(0)
+    fillers = []
+    while True:  # take every place in the queue
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            filler.connect(path)
+        except BlockingIOError:
+            filler.close()
+            break
+        fillers.append(filler)
+    answered = threading.Event()
+
+    def tgtd_catches_up() -> None:
+        answered.wait(0.3)  # busy a moment, then it serves the whole queue
+        for f in fillers:
+            f.close()
+        while True:
+            try:
+                conn, _ = busy.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                head = conn.recv(HEADER.size, socket.MSG_WAITALL)
+                if head:
+                    conn.sendall(struct.pack("<II", 0, 8))
+                    return
+
+    threading.Thread(target=tgtd_catches_up, daemon=True).start()
+    try:
+        assert SocketAdmin(path=path, timeout=10).request(Request("show", "system")) == ""
+    finally:
+        answered.set()
+        busy.close()
