@@ -78,6 +78,20 @@ def test_attach_and_detach_network_disk(driver: LibvirtDriver, guest: str,
     print(f"attach {attach_s * 1000:.0f} ms, detach {detach_s * 1000:.0f} ms")
     assert alias not in _aliases(driver, guest, live=True)
     assert alias not in _aliases(driver, guest, live=False)
+
+
+def test_attach_again_is_harmless(driver: LibvirtDriver, guest: str,
+                                  volume: dict[str, Any]) -> None:
+    """An attach a crash interrupted runs again: the disk libvirt already has
+    (persistent, or both) is left as it is, not an error."""
+    vid, alias = volume["id"], virt.disk_alias(volume["id"])
+    spec = virt.DiskSpec(vid, "sdb", "scsi", volume["source"])
+    driver.attach_disk(guest, spec)
+    driver.attach_disk(guest, spec)
+    assert [d.alias for d in driver.list_disks(guest, live=True)].count(alias) == 1
+    assert [d.alias for d in driver.list_disks(guest, live=False)].count(alias) == 1
+    driver.detach_disk(guest, vid, timeout=10, attempts=2)
+    assert alias not in _aliases(driver, guest, live=True)
     wait_for(lambda: volume["target"].sessions(vid) == frozenset(), 5,
              "QEMU's iSCSI session to end")
 

@@ -129,7 +129,7 @@ class VolumeAttachmentAPI:
             with self.repo.begin() as c:
                 bdm = self.repo.set_bdm(c, bdm, {"attachment_id": attachment.id})
                 row = self.c.queue(c, row, attachment.id)
-                self.ops.end_step(c, row.id, "a1:compute_api")
+                self.ops.step_done(c, row.id, "a1:compute_api", started)
         self.c.hand_over(ctx, host, row)
         return bdm
 
@@ -155,8 +155,7 @@ class VolumeAttachmentAPI:
                         "delete_on_termination": delete_on_termination})
                     row = self.ops.new(c, ctx, inst.uuid, "attach_volume",
                                        status=op_states.API, resource_id=vol.id,
-                                       args={"bdm": bdm.uuid}, step="a1:compute_api",
-                                       started=started)
+                                       args={"bdm": bdm.uuid}, started=started)
                     return bdm, row
             except DeviceTaken:
                 if device:
@@ -248,11 +247,13 @@ class VolumeAttachmentAPI:
         with self.repo.begin() as c:
             self.c.apply_event(c, inst, "detach_volume")
             row = self.ops.new(c, ctx, server_id, "detach_volume", status=op_states.API,
-                               resource_id=volume_id, step="s1:compute_api", started=started,
+                               resource_id=volume_id, started=started,
                                args={"bdm": bdm.uuid, "attachment": bdm.attachment_id,
                                      "offloaded": offloaded})
         with self.c.running(row.id):
             if offloaded:
+                with self.repo.begin() as c:
+                    self.ops.step_done(c, row.id, "s1:compute_api", started)
                 self._detach_offloaded(row, vol)
                 return
             faults.point("s1:compute_api:start")
@@ -265,7 +266,7 @@ class VolumeAttachmentAPI:
             faults.point("s1:compute_api:end")
             with self.repo.begin() as c:
                 row = self.c.queue(c, row, None)
-                self.ops.end_step(c, row.id, "s1:compute_api")
+                self.ops.step_done(c, row.id, "s1:compute_api", started)
         assert host is not None
         self.c.hand_over(ctx, host, row)
 
@@ -277,7 +278,6 @@ class VolumeAttachmentAPI:
         args = row.args or {}
         with self.repo.begin() as c:
             bdm = self.repo.bdm(c, args["bdm"])
-            self.ops.end_step(c, row.id, "s1:compute_api")
         if bdm is None:
             self.ops.finish_action(action)
             return

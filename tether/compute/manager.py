@@ -130,10 +130,10 @@ class ComputeManager:
         """Claim the operation (with what it works on), then ``then`` it."""
         with self._running(action_id), self._locked(instance_uuid):
             with self.repo.begin() as c:
-                row = self.repo.action(c, action_id)
-                inst = self.repo.server(c, instance_uuid)
-                if row is None or row.finish_time is not None or inst is None:
+                found = self.repo.action_and_server(c, action_id)
+                if found is None or found[0].finish_time is not None:
                     return False
+                row, inst = found
                 bdm_uuid = (row.args or {}).get("bdm")
                 bdm = self.repo.bdm(c, bdm_uuid) if bdm_uuid else None
                 mine = self.ops.claim(c, row, _start_notice(ctx, row, bdm))

@@ -96,20 +96,15 @@ class Operations:
 
     def new(self, c: Tx, ctx: RequestContext, instance_uuid: str, action: str, *,
             status: str, resource_id: str | None = None, args: dict[str, Any] | None = None,
-            step: str | None = None, started: dt.datetime | None = None) -> ActionRecord:
+            started: dt.datetime | None = None) -> ActionRecord:
         """Record an operation in ``c``: in ``status`` ``api`` (owned by this
-        service) or ``queued``.  ``step``: its first step, started then."""
-        now = models.utcnow()
-        row = self.repo.new_action(c, {
+        service) or ``queued``."""
+        return self.repo.new_action(c, {
             "request_id": ctx.request_id, "instance_uuid": instance_uuid, "action": action,
             "project_id": ctx.project_id, "user_id": ctx.user_id,
-            "start_time": started or now, "resource_id": resource_id, "status": status,
-            "owner": self.owner if status == op_states.API else None, "args": args})
-        if step is not None:
-            self.repo.new_event(c, {"action_id": row.id, "event": step,
-                                    "start_time": started or now, "finish_time": None,
-                                    "host": self.host, "result": None, "details": None})
-        return row
+            "start_time": started or models.utcnow(), "resource_id": resource_id,
+            "status": status, "owner": self.owner if status == op_states.API else None,
+            "args": args})
 
     def get(self, action_id: int) -> ActionRecord | None:
         with self.repo.begin() as c:
@@ -159,14 +154,12 @@ class Operations:
         now = models.utcnow()
 
         def end(c: Tx) -> None:
-            row = self.repo.action(c, action.id)
-            if row is None or row.finish_time is not None:
-                return
             if last is not None:
                 last(c)
-            self.repo.apply(c, op_states.MACHINE, row, "fail" if message else "succeed",
-                            values={"finish_time": now, "message": message},
-                            expect={"owner": self.owner}, notice=notice)
+            self.repo.apply_to(c, op_states.MACHINE, action.id,
+                               "fail" if message else "succeed",
+                               values={"finish_time": now, "message": message},
+                               expect={"owner": self.owner}, notice=notice)
 
         self.write(end)
 
@@ -212,14 +205,12 @@ class Operations:
         else:
             self.write(lambda c: self.repo.end_events(c, [done]))
 
-    def end_step(self, c: Tx, action_id: int, event: str) -> None:
-        """Finish, in ``c``, the open step ``event`` of an operation (a step an
-        API request began in one transaction and ends in another)."""
-        for row in self.repo.events(c, action_id):
-            if row.event == event and row.finish_time is None:
-                self.repo.end_events(c, [{"id": row.id, "finish_time": models.utcnow(),
-                                          "result": op_states.SUCCESS, "traceback": None,
-                                          "details": None}])
+    def step_done(self, c: Tx, action_id: int, event: str, started: dt.datetime) -> None:
+        """Record, in ``c``, a step done since ``started`` (the API's steps: the
+        operation's status says where a crash stopped them, not their events)."""
+        self.repo.new_event(c, {"action_id": action_id, "event": event, "start_time": started,
+                                "finish_time": models.utcnow(), "host": self.host,
+                                "result": op_states.SUCCESS, "details": None})
 
     def record(self, action: ActionRef, event: str, result: str, details: str) -> None:
         """A step that happened without work of its own (a skip, a recovery), with why."""

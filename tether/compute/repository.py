@@ -92,6 +92,12 @@ _NEW_EVENT = Prepared(EVENTS.table.insert().values(
 _END_EVENT = Prepared(EVENTS.table.update().where(_E["id"] == bindparam("p_id")).values(
     {c: bindparam(f"p_{c}") for c in ("finish_time", "result", "traceback", "details")}))
 _ACTION = Prepared(by(ACTIONS, _A["id"] == bindparam("id")))
+# an operation with its server, in one statement (both records' columns in order)
+_ACTION_AND_SERVER = Prepared(select(
+    *[c.label(f"a_{k}") for k, c in _A.items()],
+    *[c.label(f"i_{k}") for k, c in _I.items()]).join_from(
+    ACTIONS.table, INSTANCES.table, _I["uuid"] == _A["instance_uuid"]).where(
+    _A["id"] == bindparam("id")))
 _UNFINISHED = by(ACTIONS, _A["finish_time"].is_(None), order=[_A["id"]])
 
 
@@ -117,11 +123,23 @@ class ComputeRepository:
         commits."""
         new: R = db_transitions.apply(c, machine, _GATEWAYS[machine.resource], record, event,
                                       to=to, values=values, expect=expect)
+        self._notify_after(c, notice)
+        return new
+
+    def apply_to(self, c: Tx, machine: StateMachine, key: Any, event: str, *,
+                 values: Mapping[str, Any] | None = None,
+                 expect: Mapping[str, Any] | None = None, notice: Notice | None = None
+                 ) -> None:
+        """:meth:`apply` to a row not read first (``transitions.apply_to``)."""
+        db_transitions.apply_to(c, machine, _GATEWAYS[machine.resource], key, event,
+                                values=values, expect=expect)
+        self._notify_after(c, notice)
+
+    def _notify_after(self, c: Tx, notice: Notice | None) -> None:
         if notice is not None and self.notify is not None:
             notify = self.notify
             c.after_commit(lambda: notify(notice.ctx, notice.event_type, notice.payload,
                                           notice.error))
-        return new
 
     # -- servers -------------------------------------------------------------
 
@@ -249,6 +267,16 @@ class ComputeRepository:
     @staticmethod
     def action(c: Tx, action_id: int) -> ActionRecord | None:
         return ACTIONS.first(c, _ACTION, {"id": action_id})
+
+    @staticmethod
+    def action_and_server(c: Tx, action_id: int
+                          ) -> tuple[ActionRecord, InstanceRecord] | None:
+        """An operation and its server (one statement: every claim asks)."""
+        row = _ACTION_AND_SERVER.first(c, {"id": action_id})
+        if row is None:
+            return None
+        n = len(_A)
+        return ActionRecord(*row[:n]), InstanceRecord(*row[n:])
 
     @staticmethod
     def actions(c: Tx, server_id: str) -> list[ActionRecord]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -286,7 +287,8 @@ class Gateway(Generic[R]):
         sets of ``expected`` are part of the statement, so a statement is
         compiled once per (columns, states) shape and reused."""
         expected = expected or {}
-        shape = (tuple(values), tuple((c, _expectation(v)) for c, v in expected.items()))
+        hows = tuple((c, _expectation(v)) for c, v in expected.items())
+        shape = (tuple(values), hows)
         stmt = self._updates.get(shape)
         if stmt is None:
             stmt = Prepared(self._build_update(values, expected))
@@ -294,9 +296,9 @@ class Gateway(Generic[R]):
                 self._updates[shape] = stmt
         params = {f"v_{k}": v for k, v in values.items()}
         params["pk_"] = pk
-        for column, allowed in expected.items():
-            if _expectation(allowed) == "=":
-                params[f"e_{column}"] = allowed
+        for column, how in hows:
+            if how == "=":
+                params[f"e_{column}"] = expected[column]
         for column in self.stamped:  # updated_at: what the column's onupdate would set
             params.setdefault(f"v_{column}", models.utcnow())
         return bool(stmt.run(conn, params))
@@ -326,9 +328,16 @@ def _expectation(allowed: Any) -> tuple[tuple[Any, ...], bool] | str:
     """How an expected value constrains its column: a fixed set of values
     (part of the statement; NULL among them as ``IS NULL``), IS NULL, or
     equality with a parameter."""
+    if isinstance(allowed, frozenset):  # a transition's sources: the same few, often
+        return _fixed_set(allowed)
     if isinstance(allowed, _COLLECTIONS):
         return tuple(sorted(v for v in allowed if v is not None)), None in allowed
     return "null" if allowed is None else "="
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_set(allowed: frozenset[Any]) -> tuple[tuple[Any, ...], bool]:
+    return tuple(sorted(v for v in allowed if v is not None)), None in allowed
 
 
 def grouped(keys: Iterable[str], rows: Iterable[R], key: Callable[[R], str]

@@ -79,11 +79,12 @@ class VolumeAPI:
 
     def _attachment(self, c: Tx, ctx: RequestContext, attachment_id: str,
                     rule: str = "attachment:get") -> tuple[AttachmentRecord, VolumeRecord]:
-        att = self.repo.attachment(c, attachment_id) if _is_uuid(attachment_id) else None
-        vol = self.repo.volume(c, att.volume_id) if att is not None else None
-        if (att is None or att.deleted or vol is None
-                or not policy.allowed(ctx, "attachment:get", vol.project_id)):
+        both = self.repo.attachment_and_volume(c, attachment_id) if _is_uuid(
+            attachment_id) else None
+        if both is None or both[0].deleted or not policy.allowed(
+                ctx, "attachment:get", both[1].project_id):
             raise AttachmentNotFound(attachment_id)
+        att, vol = both
         policy.authorize(ctx, rule, vol.project_id)
         return att, vol
 
@@ -252,16 +253,25 @@ class VolumeAPI:
         with the last one), then the volume settles.  Returns what remains."""
         with self.repo.begin() as c:
             att, vol = self._attachment(c, ctx, attachment_id, "attachment:delete")
-        self._check_deletion_allowed(ctx, att)  # (asks compute: outside a transaction)
-        with self.repo.begin() as c:
-            att, vol = self._attachment(c, ctx, attachment_id, "attachment:delete")
-            removed = self._mark_detached(c, [att])
+            ask = self._ask_compute(ctx, att)
+            if not ask:
+                removed = self._mark_detached(c, [att])
+        if ask:
+            self._check_deletion_allowed(att)  # (asks compute: outside a transaction)
+            with self.repo.begin() as c:
+                att, vol = self._attachment(c, ctx, attachment_id, "attachment:delete")
+                removed = self._mark_detached(c, [att])
         return self._sync_and_settle(ctx, vol, removed)
 
-    def _check_deletion_allowed(self, ctx: RequestContext, att: AttachmentRecord) -> None:
+    @staticmethod
+    def _ask_compute(ctx: RequestContext, att: AttachmentRecord) -> bool:
+        """CVE-2023-2088: whether a caller's deletion needs compute's word that
+        no guest still uses the attachment (never for Tether's own services)."""
+        return not (ctx.is_service or att.instance_uuid is None or att.connector is None)
+
+    def _check_deletion_allowed(self, att: AttachmentRecord) -> None:
         # CVE-2023-2088: a user must not unmap a LUN a guest still uses
-        if ctx.is_service or att.instance_uuid is None or att.connector is None:
-            return
+        assert att.instance_uuid is not None
         if self.in_use(att.instance_uuid, att.volume_id):
             raise Conflict(f"Volume attachment {att.id} is in use by server "
                            f"{att.instance_uuid}; detach the volume through the compute API "

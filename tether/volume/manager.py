@@ -145,10 +145,10 @@ class VolumeManager:
         attachments; how to reach it, or None when nothing is exported."""
         with self._lock(volume_id):
             with self.repo.begin() as c:
-                vol = self.repo.volume(c, volume_id)
-                if vol is None or vol.deleted:
-                    raise VolumeNotFound(volume_id)
-                initiators = self.repo.initiators(c, volume_id)
+                found = self.repo.volume_and_initiators(c, volume_id)
+            if found is None or found[0].deleted:
+                raise VolumeNotFound(volume_id)
+            vol, initiators = found
             if not initiators:
                 self.target.unexport(volume_id)
                 LOG.info("volume %s: no live connection, export removed", volume_id)

@@ -56,6 +56,20 @@ _PENDING = by(ATTACHMENTS, _A["volume_id"] == bindparam("volume_id"), _A["delete
               order=[_A["created_at"]])
 
 
+# an attachment with its volume, in one statement (both records' columns in order)
+_ATTACHMENT_AND_VOLUME = Prepared(select(
+    *[c.label(f"a_{k}") for k, c in _A.items()],
+    *[c.label(f"v_{k}") for k, c in _V.items()]).join_from(
+    ATTACHMENTS.table, VOLUMES.table, _V["id"] == _A["volume_id"]).where(
+    _A["id"] == bindparam("id")))
+# a volume with its export's initiators (NULL when it has none): one row per initiator
+_VOLUME_AND_INITIATORS = Prepared(select(
+    *[c.label(k) for k, c in _V.items()], _A["initiator"].label("initiator_")).outerjoin_from(
+    VOLUMES.table, ATTACHMENTS.table,
+    (_A["volume_id"] == _V["id"]) & _A["deleted"].is_(False) & _A["initiator"].is_not(None)
+    & one_of(_A["attach_status"], att_states.LIVE_STATES)).where(_V["id"] == bindparam("id")))
+
+
 class VolumeRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -130,6 +144,25 @@ class VolumeRepository:
     @staticmethod
     def attachment(c: Tx, attachment_id: str) -> AttachmentRecord | None:
         return ATTACHMENTS.get(c, attachment_id)
+
+    @staticmethod
+    def attachment_and_volume(c: Tx, attachment_id: str
+                              ) -> tuple[AttachmentRecord, VolumeRecord] | None:
+        """An attachment and its volume (one statement: the hot paths ask often)."""
+        row = _ATTACHMENT_AND_VOLUME.first(c, {"id": attachment_id})
+        if row is None:
+            return None
+        n = len(_A)
+        return AttachmentRecord(*row[:n]), VolumeRecord(*row[n:])
+
+    @staticmethod
+    def volume_and_initiators(c: Tx, volume_id: str
+                              ) -> tuple[VolumeRecord, frozenset[str]] | None:
+        """A volume and the ACL its export must have (one statement)."""
+        rows = _VOLUME_AND_INITIATORS.rows(c, {"id": volume_id})
+        if not rows:
+            return None
+        return VolumeRecord(*rows[0][:-1]), frozenset(r[-1] for r in rows if r[-1])
 
     @staticmethod
     def live_attachments(c: Tx, volume_id: str) -> list[AttachmentRecord]:

@@ -54,9 +54,8 @@ def _action(ops: Operations) -> ActionRef:
     ctx = RequestContext(user_id="u", project_id="p")
 
     def write(c: Tx) -> ActionRef:
-        row = ops.new(c, ctx, "i1", "attach_volume", status=op_states.API, resource_id="v1",
-                      step="a1:compute_api")
-        ops.end_step(c, row.id, "a1:compute_api")
+        row = ops.new(c, ctx, "i1", "attach_volume", status=op_states.API, resource_id="v1")
+        ops.step_done(c, row.id, "a1:compute_api", row.start_time)
         return ActionRef.of(row)
 
     return ops.write(write)
@@ -144,8 +143,7 @@ def _queued(db: Database) -> int:
     api = _ops(db, host=None, owner="api-1")  # type: ignore[arg-type]
     ctx = RequestContext(user_id="u", project_id="p")
     with api.repo.begin() as c:
-        row = api.new(c, ctx, "i1", "detach_volume", status=op_states.API,
-                      step="s1:compute_api")
+        row = api.new(c, ctx, "i1", "detach_volume", status=op_states.API)
         api.queue(c, row)
     return row.id
 

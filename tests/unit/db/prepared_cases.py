@@ -22,6 +22,7 @@ from tether.db.records import ATTACHMENTS, BDMS, INSTANCES, VOLUMES, by, one_of
 from tether.exceptions import Conflict
 from tether.states import server as srv_states
 from tether.states.machine import InvalidTransition
+from tether.volume.repository import VolumeRepository
 
 _V = VOLUMES.columns
 _GET = Prepared(select(_V["meta"], _V["created_at"], _V["multiattach"], _V["updated_at"],
@@ -101,8 +102,8 @@ def operations_record_their_steps(db: Database) -> None:
     ops = Operations(ComputeRepository(db), "host-a", owner="me")
     with db.begin() as c:
         row = ops.new(c, RequestContext(user_id="u", project_id="p"), server, "detach_volume",
-                      status="api", resource_id="v1", step="s1:compute_api")
-        ops.end_step(c, row.id, "s1:compute_api")
+                      status="api", resource_id="v1")
+        ops.step_done(c, row.id, "s1:compute_api", row.start_time)
     action = ActionRef.of(row)
     with ops.batched():
         with ops.step(action, "s1.1:driver_detach"):
@@ -116,6 +117,11 @@ def operations_record_their_steps(db: Database) -> None:
                                 events.finish_time).where(
             events.action_id == action.id).order_by(events.id)).all()
         finished = c.execute(select(models.InstanceAction.finish_time)).scalar_one()
+    with db.begin() as c:  # the claim's read: the operation with its server, one statement
+        got = ComputeRepository.action_and_server(c, action.id)
+        assert got is not None and (got[0].id, got[1].uuid) == (action.id, server)
+        assert got == (ComputeRepository.action(c, action.id), INSTANCES.get(c, server))
+        assert ComputeRepository.action_and_server(c, 10**9) is None
     assert [r[:3] for r in rows] == [("s1:compute_api", "Success", "host-a"),
                                      ("s1.1:driver_detach", "Success", "host-a"),
                                      ("s2:host_disconnect", "Error", "host-a")]
@@ -266,6 +272,25 @@ def apply_is_one_conditional_update(db: Database) -> None:
         repo.apply(c, srv_states.MACHINE, done, "start", expect={"locked": True})
 
 
+def joined_reads_of_the_volume_side(db: Database) -> None:
+    """An attachment with its volume, a volume with its export's initiators:
+    one statement each, the same records as two reads would give."""
+    repo = VolumeRepository(db)
+    vid = _volume(db)
+    with db.begin() as c:
+        assert repo.volume_and_initiators(c, vid) == (VOLUMES.get(c, vid), frozenset())
+        assert repo.volume_and_initiators(c, "no-such") is None
+        for n, status in enumerate(["attached", "reserved", "detached"]):
+            ATTACHMENTS.insert(c, {"id": f"{vid[:30]}-a{n}", "volume_id": vid,
+                                   "initiator": f"iqn.2026-01.x:{n}", "attach_status": status,
+                                   "deleted": status == "detached"})
+        att = ATTACHMENTS.get(c, f"{vid[:30]}-a0")
+        assert repo.attachment_and_volume(c, f"{vid[:30]}-a0") == (att, VOLUMES.get(c, vid))
+        assert repo.attachment_and_volume(c, "no-such") is None
+        _vol, initiators = repo.volume_and_initiators(c, vid)  # type: ignore[misc]
+        assert initiators == {"iqn.2026-01.x:0", "iqn.2026-01.x:1"}
+
+
 def after_commit_runs_only_once_committed(db: Database) -> None:
     seen: list[str] = []
     with db.begin() as c:
@@ -283,4 +308,4 @@ CASES = [gateway_insert_applies_defaults_and_returns_the_row, values_round_trip,
          a_refused_statement_rolls_back_and_returns_the_connection,
          a_server_holds_a_device_name_and_a_volume_once,
          concurrent_claims_of_one_device_one_wins, apply_is_one_conditional_update,
-         after_commit_runs_only_once_committed]
+         joined_reads_of_the_volume_side, after_commit_runs_only_once_committed]

@@ -188,21 +188,28 @@ class LibvirtDriver:
 
     def attach_disk(self, server_uuid: str, disk: DiskSpec) -> None:
         """Persistent first, then live; a failed live attach undoes the persistent
-        one.  A disk already there (by its alias) is not attached again: an
-        attach or an unshelve a crash interrupted runs this again."""
+        one.  A disk already there (by its alias: libvirt refuses it) is left
+        as it is: an attach or an unshelve a crash interrupted runs this
+        again.  The definitions are read only when libvirt refuses."""
         dom = self._domain(server_uuid)
         device = xml.disk_xml(disk)
-        if xml.find_disk_xml(self._xml(dom, inactive=True), disk.alias) is None:
-            try:
-                dom.attachDeviceFlags(device, CONFIG)
-            except libvirt.libvirtError as exc:
+        try:
+            dom.attachDeviceFlags(device, CONFIG)
+        except libvirt.libvirtError as exc:
+            if xml.find_disk_xml(self._xml(dom, inactive=True), disk.alias) is None:
                 raise VirtError(f"attaching volume {disk.volume_id} to the definition of "
                                 f"{server_uuid} failed: {exc}") from exc
-        if not dom.isActive() or self._live_has(dom, disk.alias):
+            LOG.info("volume %s is in the definition of %s already", disk.volume_id,
+                     server_uuid)
+        if not dom.isActive():
             return
         try:
             dom.attachDeviceFlags(device, LIVE)
         except libvirt.libvirtError as exc:
+            if self._live_has(dom, disk.alias):
+                LOG.info("volume %s is in running guest %s already", disk.volume_id,
+                         server_uuid)
+                return
             try:
                 dom.detachDeviceFlags(device, CONFIG)
             except libvirt.libvirtError:
