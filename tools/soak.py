@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import hashlib
 import json
 import os
 import random
@@ -166,17 +165,6 @@ class Soak:
             self.problems.append(f"{where}: audit exit {res.returncode}: {res.stdout.strip()}"
                                  f" {res.stderr.strip()}")
 
-    def pattern(self, vid: str) -> tuple[str, str]:
-        path = os.path.join(self.serve.state_dir, "volumes", f"volume-{vid}")
-        data = os.urandom(1 << 16)
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, data, 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return path, hashlib.sha256(data).hexdigest()
-
     def cycle(self, n: int, fault_rate: float, tgtd: Tgtd) -> None:
         chosen = self.choose()
         if chosen is None:
@@ -190,7 +178,8 @@ class Soak:
             self.check(where)
             return
         kind = self.rng.choice(["kill"] * 4 + ["tgtd"])
-        data = self.pattern(vid or self.rng.choice(self.vids))
+        written = vid or self.rng.choice(self.vids)
+        data = serving.write_pattern(self.serve, written, 1 << 16, 4096)
         if kind == "tgtd":
             self.stats["fault:tgtd"] += 1
             tgtd.stop()
@@ -215,10 +204,8 @@ class Soak:
         self.stats[f"op:{op}"] += 1
         self.check(where + f" after {kind}")
         self.audit(where)
-        with open(data[0], "rb") as f:
-            f.seek(4096)
-            if hashlib.sha256(f.read(1 << 16)).hexdigest() != data[1]:
-                self.problems.append(f"{where}: data changed")
+        if serving.read_pattern(self.serve, written, 1 << 16, 4096) != data:
+            self.problems.append(f"{where}: data changed")
         if server["id"] not in {s["id"] for s in self.servers()}:
             self.create_server()  # keep the world its size
 

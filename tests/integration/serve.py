@@ -8,6 +8,7 @@ outlives the test module."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -190,3 +191,26 @@ def tether_serve(state_dir: str, tgtd: Tgtd, extra: str = "") -> Iterator[Serve]
             serve.delete_volumes("admin:admin")
         finally:
             stop(serve)
+
+
+def write_pattern(serve: Serve, vid: str, size: int = 1 << 20, offset: int = 0) -> str:
+    """Random data into the volume's file (what a guest would have written
+    before a fault); its sha256, for :func:`read_pattern` afterwards."""
+    data = os.urandom(size)
+    fd = os.open(volume_file(serve, vid), os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_pattern(serve: Serve, vid: str, size: int = 1 << 20, offset: int = 0) -> str:
+    with open(volume_file(serve, vid), "rb") as f:
+        f.seek(offset)
+        return hashlib.sha256(f.read(size)).hexdigest()
+
+
+def volume_file(serve: Serve, vid: str) -> str:
+    return os.path.join(serve.state_dir, "volumes", f"volume-{vid}")

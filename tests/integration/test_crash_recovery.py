@@ -16,8 +16,6 @@ operation is ``<step>:start`` (its start recorded, its work not begun) and
 
 from __future__ import annotations
 
-import hashlib
-import os
 import signal
 import uuid
 from collections.abc import Iterator
@@ -97,25 +95,6 @@ def target(tgtd: Tgtd) -> TgtTarget:
     return TgtTarget(ProcessRunner(), "127.0.0.1", tgtd.portal_port, tgtd.control_port)
 
 
-def _write_pattern(serve: Serve, vid: str) -> str:
-    """1 MiB of random data at the start of the volume; its sha256."""
-    data = os.urandom(1 << 20)
-    path = os.path.join(serve.state_dir, "volumes", f"volume-{vid}")
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _read_pattern(serve: Serve, vid: str) -> str:
-    path = os.path.join(serve.state_dir, "volumes", f"volume-{vid}")
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read(1 << 20)).hexdigest()
-
-
 def _attach(c: httpx.Client, serve: Serve, sid: str, vid: str) -> httpx.Response:
     return c.post(f"{serve.compute_url}/servers/{sid}/os-volume_attachments",
                   json={"volumeAttachment": {"volumeId": vid}})
@@ -170,7 +149,7 @@ def test_killed_at_a_step_recovers(serve: Serve, target: TgtTarget, op: str, poi
                                    ends: str) -> None:
     serving.start(serve, env={"TETHER_KILL_AT": point})
     sid, vid = _setup(serve, op)
-    pattern = _write_pattern(serve, vid)
+    pattern = serving.write_pattern(serve, vid)
     _do(serve, op, sid, vid)
     proc = serve.proc
     assert proc is not None
@@ -208,6 +187,6 @@ def test_killed_at_a_step_recovers(serve: Serve, target: TgtTarget, op: str, poi
             assert srv is None
         audit = serving.cli(serve, "audit")
         assert audit.returncode == 0, audit.stdout + audit.stderr
-        assert _read_pattern(serve, vid) == pattern
+        assert serving.read_pattern(serve, vid) == pattern
     finally:
         serving.stop(serve)

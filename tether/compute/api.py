@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from tether import policy
 from tether.compute import flavors
-from tether.compute.attach import release_unrecorded
+from tether.compute.attach import release_reservation
 from tether.compute.attachments import VolumeAttachmentAPI, shared_target
-from tether.compute.operations import ActionRef, Operations
+from tether.compute.operations import ActionRef, InFlight, Operations
 from tether.compute.repository import ComputeRepository
 from tether.compute.rpcapi import ComputeRpcApi
 from tether.compute.teardown import release_volumes
@@ -92,25 +91,13 @@ class ComputeAPI:
         self.live_hosts = live_hosts  # compute hosts with a fresh heartbeat
         self.default_bus = default_bus
         self.ops = Operations(repo, host=None)  # owner: set when the API registers
-        self._in_flight: set[int] = set()
-        self._guard = threading.Lock()
+        self.in_flight = InFlight()  # operations a request thread here works on
         self.attachments = VolumeAttachmentAPI(self)
 
     # -- operations owned here -------------------------------------------------
 
-    @contextmanager
-    def running(self, action_id: int) -> Iterator[None]:
-        with self._guard:
-            self._in_flight.add(action_id)
-        try:
-            yield
-        finally:
-            with self._guard:
-                self._in_flight.discard(action_id)
-
-    def in_flight(self, action_id: int) -> bool:
-        with self._guard:
-            return action_id in self._in_flight
+    def running(self, action_id: int) -> AbstractContextManager[None]:
+        return self.in_flight.running(action_id)
 
     def hand_over(self, ctx: RequestContext, host: str, row: ActionRecord) -> None:
         """Cast a queued operation to its host.  If the cast fails the
@@ -298,11 +285,8 @@ class ComputeAPI:
         root_uuid = (row.args or {}).get("root_bdm")
         with self.repo.begin() as c:
             root = self.repo.bdm(c, root_uuid) if root_uuid else None
-        if root is not None and root.volume_id is not None and not root.deleted:
-            if root.attachment_id:
-                self.volumes.attachment_delete(root.attachment_id)
-            else:
-                release_unrecorded(self.repo, self.volumes, row.instance_uuid, root.volume_id)
+        if root is not None and not root.deleted:
+            release_reservation(self.repo, self.volumes, row.instance_uuid, root)
 
         def last(c: Tx) -> None:
             if root is not None and not root.deleted:

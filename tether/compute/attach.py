@@ -151,11 +151,18 @@ class AttachFlow:
         self.connections.disconnect(bdm)
 
     def _undo_reservation(self, instance_uuid: str, bdm: BdmRecord) -> None:
-        """Storage's side: the attachment (unexport; volume available)."""
-        if bdm.attachment_id:
-            self.volumes.attachment_delete(bdm.attachment_id)
-        elif bdm.volume_id is not None:  # the API died before it wrote the attachment id
-            release_unrecorded(self.repo, self.volumes, instance_uuid, bdm.volume_id)
+        release_reservation(self.repo, self.volumes, instance_uuid, bdm)
+
+
+def release_reservation(repo: ComputeRepository, volumes: VolumeClient, server_id: str,
+                        bdm: BdmRecord) -> None:
+    """Storage's side of a mapping: its attachment (unexport; the volume
+    available), or, when the API died before it wrote the attachment id
+    down, the server's attachments of the volume no live mapping records."""
+    if bdm.attachment_id:
+        volumes.attachment_delete(bdm.attachment_id)
+    elif bdm.volume_id is not None:
+        release_unrecorded(repo, volumes, server_id, bdm.volume_id)
 
 
 def release_unrecorded(repo: ComputeRepository, volumes: VolumeClient, server_id: str,

@@ -28,7 +28,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from tether import faults
-from tether.compute.attach import release_unrecorded
+from tether.compute.attach import release_reservation
 from tether.compute.operations import ActionRef
 from tether.compute.repository import DeviceTaken
 from tether.compute.volume_client import VolumeRef
@@ -207,11 +207,8 @@ class VolumeAttachmentAPI:
         bdm_uuid = (row.args or {}).get("bdm")
         with self.repo.begin() as c:
             bdm = self.repo.bdm(c, bdm_uuid) if bdm_uuid else None
-        if bdm is not None and not bdm.deleted and bdm.volume_id is not None:
-            if bdm.attachment_id:
-                self.volumes.attachment_delete(bdm.attachment_id)
-            else:
-                release_unrecorded(self.repo, self.volumes, row.instance_uuid, bdm.volume_id)
+        if bdm is not None and not bdm.deleted:
+            release_reservation(self.repo, self.volumes, row.instance_uuid, bdm)
 
         def last(c: Tx) -> None:
             if bdm is not None and not bdm.deleted:

@@ -26,7 +26,7 @@ from tether.compute.attach import AttachFlow
 from tether.compute.connections import HostConnections
 from tether.compute.detach import DetachFlow, DetachPolicy
 from tether.compute.images import LocalImages
-from tether.compute.operations import ActionRef, Operations
+from tether.compute.operations import ActionRef, InFlight, Operations
 from tether.compute.repository import ComputeRepository, Notice
 from tether.compute.shelve import ShelveFlow
 from tether.compute.teardown import release_volumes
@@ -88,7 +88,7 @@ class ComputeManager:
         self.shelving = ShelveFlow(repo, virt_driver, connections, volumes, self.ops)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
-        self._in_flight: set[int] = set()
+        self.in_flight = InFlight()  # operations a thread here works on
         self._work: dict[str, Work] = {
             "attach_volume": self._attach, "detach_volume": self._detach,
             "create": self._build, "delete": self._delete, "stop": self._power,
@@ -102,22 +102,6 @@ class ComputeManager:
         with lock:
             yield
 
-    @contextmanager
-    def _running(self, action_id: int) -> Iterator[None]:
-        """Mark an operation as worked on by a thread here (the sweeper leaves
-        it alone)."""
-        with self._guard:
-            self._in_flight.add(action_id)
-        try:
-            yield
-        finally:
-            with self._guard:
-                self._in_flight.discard(action_id)
-
-    def in_flight(self, action_id: int) -> bool:
-        with self._guard:
-            return action_id in self._in_flight
-
     # -- the one entry ---------------------------------------------------------
 
     def run_operation(self, ctx: RequestContext, instance_uuid: str, action_id: int) -> bool:
@@ -128,7 +112,7 @@ class ComputeManager:
     def claimed(self, ctx: RequestContext, instance_uuid: str, action_id: int,
                 then: Work) -> bool:
         """Claim the operation (with what it works on), then ``then`` it."""
-        with self._running(action_id), self._locked(instance_uuid):
+        with self.in_flight.running(action_id), self._locked(instance_uuid):
             with self.repo.begin() as c:
                 found = self.repo.action_and_server(c, action_id)
                 if found is None or found[0].finish_time is not None:

@@ -57,6 +57,29 @@ class ActionRef:
         return cls(row.id, row.instance_uuid, row.request_id)
 
 
+class InFlight:
+    """The operations a thread of this process is working on right now: a
+    recovery leaves them alone (their owner is alive and at it)."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def running(self, action_id: int) -> Iterator[None]:
+        with self._guard:
+            self._ids.add(action_id)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._ids.discard(action_id)
+
+    def __contains__(self, action_id: object) -> bool:
+        with self._guard:
+            return action_id in self._ids
+
+
 class Operations:
     def __init__(self, repo: ComputeRepository, host: str | None,
                  owner: str | None = None) -> None:

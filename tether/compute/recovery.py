@@ -67,7 +67,7 @@ class HostRecovery:
                 op_states.QUEUED, op_states.RUNNING))
         count = 0
         for row in rows:
-            if self.m.in_flight(row.id) or not self._orphaned(row, owners, at_start, cutoff):
+            if row.id in self.m.in_flight or not self._orphaned(row, owners, at_start, cutoff):
                 continue
             if self.recover(row):
                 count += 1
@@ -131,7 +131,7 @@ class ApiRecovery:
             rows = self.api.repo.unfinished(c, statuses=(op_states.API,))
         count = 0
         for row in rows:
-            if self.api.in_flight(row.id):
+            if row.id in self.api.in_flight:
                 continue
             mine = row.owner == self.api.ops.owner
             if (mine and not _stale(row, cutoff)) or (not mine and owners.alive(row.owner)):

@@ -113,7 +113,7 @@ def test_the_sweeper_runs_only_old_lost_operations(tether: Tether) -> None:
     set_row(tether.db, models.InstanceAction, action_id, start_time=long_ago,
             updated_at=long_ago)
     manager = tether.embedded.compute.manager
-    with manager._running(action_id):  # a thread of this process has it
+    with manager.in_flight.running(action_id):  # a thread of this process has it
         assert recovery.run() == 0
     assert recovery.run() == 1
     assert _volume(tether, vid) == "available"
