@@ -67,9 +67,12 @@ volume_opts = [
                     "uses, without a process per request), the tgtadm command, or auto: "
                     "the socket when the installed tgt is 1.0.58 or newer and answers on "
                     "it, else tgtadm."),
-    cfg.FloatOpt("reconcile_interval", default=60.0, min=0,
-                 help="Seconds between checks that the target still holds every export "
-                      "(re-created after a tgtd restart); 0 turns the check off."),
+    cfg.FloatOpt("reconcile_interval", default=10.0, min=0,
+                 help="Seconds between checks that the target holds every export the "
+                      "database wants (re-created after a tgtd restart, which drops every "
+                      "guest's session with them; one read of tgtd and one query, only the "
+                      "differences are changed) and that no volume was left creating, "
+                      "deleting or contradicting its attachments; 0 turns it off."),
     cfg.BoolOpt("shared_targets", default=False,
                 help="Report that this backend shares targets between volumes."),
 ]

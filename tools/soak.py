@@ -158,12 +158,21 @@ class Soak:
             "attachments"]
         return {a["instance"] for a in atts}
 
-    def audit(self, where: str) -> None:
+    def audit(self, where: str, within: float = 15.0) -> None:
+        """``tether audit`` clean, at once or within ``within`` seconds (the
+        volume service's reconcile heals a tgtd restart every second here)."""
         self.stats["audits"] += 1
-        res = serving.cli(self.serve, "audit")
-        if res.returncode != 0:
-            self.problems.append(f"{where}: audit exit {res.returncode}: {res.stdout.strip()}"
-                                 f" {res.stderr.strip()}")
+        deadline = time.monotonic() + within
+        while True:
+            res = serving.cli(self.serve, "audit")
+            if res.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                self.problems.append(f"{where}: audit exit {res.returncode}: "
+                                     f"{res.stdout.strip()} {res.stderr.strip()}")
+                return
+            self.stats["audits repeated"] += 1
+            time.sleep(0.5)
 
     def cycle(self, n: int, fault_rate: float, tgtd: Tgtd) -> None:
         chosen = self.choose()
@@ -176,6 +185,7 @@ class Soak:
             self.stats[f"op:{op}"] += 1
             self.stats[f"answer:{self.request(op, server, vid)}"] += 1
             self.check(where)
+            self.keep_size()
             return
         kind = self.rng.choice(["kill"] * 4 + ["tgtd"])
         written = vid or self.rng.choice(self.vids)
@@ -206,8 +216,12 @@ class Soak:
         self.audit(where)
         if serving.read_pattern(self.serve, written, 1 << 16, 4096) != data:
             self.problems.append(f"{where}: data changed")
-        if server["id"] not in {s["id"] for s in self.servers()}:
-            self.create_server()  # keep the world its size
+        self.keep_size()
+
+    def keep_size(self) -> None:
+        """A server a cycle deleted is replaced, so the world keeps its size."""
+        for _ in range(self.n_servers - len(self.servers())):
+            self.create_server()
 
 
 def main() -> int:
@@ -223,7 +237,8 @@ def main() -> int:
     daemons.ensure_libvirtd()
     tgtd = Tgtd().start()
     state = tempfile.mkdtemp(prefix="tether-soak-", dir="/var/tmp")
-    serve = serving.write_config(state, tgtd, "sweep_interval = 2\noperation_timeout = 5\n")
+    serve = serving.write_config(state, tgtd, "sweep_interval = 2\noperation_timeout = 5\n"
+                                             "[volume]\nreconcile_interval = 1\n")
     serving.start(serve)
     soak = Soak(serve, rng, args.servers, args.volumes)
     started = time.monotonic()

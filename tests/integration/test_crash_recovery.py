@@ -59,6 +59,9 @@ CASES = [
     *[("shelve", p, DETACHED) for p in (
         "power_off:start", "power_off:end", "destroy_guest:start", "destroy_guest:end",
         "release_volume:*:start", "release_volume:*:end")],
+    # the guest is back, its volumes not yet (the soak found this one)
+    *[("unshelve", p, ATTACHED) for p in (
+        "reattach_volume:*:start", "reattach_volume:*:end")],
 ]
 
 
@@ -101,7 +104,8 @@ def _attach(c: httpx.Client, serve: Serve, sid: str, vid: str) -> httpx.Response
 
 
 def _setup(serve: Serve, op: str) -> tuple[str, str]:
-    """A server and a volume, attached unless the operation is the attach."""
+    """A server and a volume, attached unless the operation is the attach (and
+    the server shelved-offloaded when it is the unshelve)."""
     sid = serve.create_server(TOKEN, f"crash-{op}")
     with serve.http(TOKEN) as c:
         vid = c.post(f"{serve.volume_url}/volumes", json={"volume": {"size": 1}}).json()[
@@ -111,6 +115,11 @@ def _setup(serve: Serve, op: str) -> tuple[str, str]:
         if op != "attach":
             assert _attach(c, serve, sid, vid).status_code == 200
             serve.wait_volume(TOKEN, vid, "in-use")
+        if op == "unshelve":
+            assert c.post(f"{serve.compute_url}/servers/{sid}/action",
+                          json={"shelve": None}).status_code == 202
+            wait_for(lambda: (_server(serve, sid) or {}).get("status") == "SHELVED_OFFLOADED"
+                     and _actions_finished(serve, sid), 60, "shelved")
     return sid, vid
 
 
@@ -125,7 +134,7 @@ def _do(serve: Serve, op: str, sid: str, vid: str) -> None:
             elif op == "delete":
                 c.delete(f"{serve.compute_url}/servers/{sid}")
             else:
-                c.post(f"{serve.compute_url}/servers/{sid}/action", json={"shelve": None})
+                c.post(f"{serve.compute_url}/servers/{sid}/action", json={op: None})
         except httpx.TransportError:
             pass  # killed while answering
 

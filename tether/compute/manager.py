@@ -263,11 +263,14 @@ class ComputeManager:
                      power_state=srv_states.POWER_NOSTATE)
 
     def _unshelve(self, op: Claimed) -> None:
+        """An offloaded server comes back on this host (its guest spawned, every
+        volume reconnected); a shelved one is powered on.  Which one the
+        server's vm_state says, not whether a guest exists: an unshelve a
+        crash interrupted after the spawn still has its volumes to reconnect
+        (both steps are idempotent)."""
         action, inst = op.action, op.inst
         try:
-            try:
-                self.virt.power_state(inst.uuid)
-            except virt.InstanceNotFound:  # offloaded: the guest comes back on this host
+            if inst.vm_state == srv_states.SHELVED_OFFLOADED:
                 self._spawn(action, inst)
                 self.shelving.reconnect(action)
             else:

@@ -203,20 +203,31 @@ class VolumeManager:
         return result
 
     def _reconcile_exports(self) -> tuple[int, int]:
+        """Compare what tgtd holds with what the database wants, in one read
+        of each, and sync only the exports that differ (cheap enough to run
+        every few seconds: a tgtd restart loses every export, and the guests'
+        sessions with them, until this runs)."""
         held = self.target.exports()
         with self.repo.begin() as c:
-            mine = {v.id for v in self.repo.volumes_of_host(c, self.host)
-                    if v.status not in (vol_states.CREATING, vol_states.DELETING)}
-            known = self.repo.live_volume_ids(c, held)
+            wanted = {vid: want for vid, want in self.repo.host_exports(c, self.host).items()
+                      if want[0] not in (vol_states.CREATING, vol_states.DELETING)}
+            known = self.repo.live_volume_ids(c, set(held) - set(wanted))
         restored = removed = 0
-        for volume_id in sorted(mine):
+        for volume_id, (_status, chap, initiators) in sorted(wanted.items()):
+            have = held.get(volume_id)
+            if not initiators and have is None:
+                continue
+            if have is not None and initiators and (
+                    have.initiators, have.chap_username, have.backing_path) == (
+                    initiators, chap, self.backend.path(volume_id)):
+                continue
             try:
-                if self.sync_export(volume_id) is not None:
-                    restored += volume_id not in held
+                self.sync_export(volume_id)
+                restored += have is None
             except (InvalidVolume, TargetError, VolumeNotFound):
                 LOG.exception("reconcile: volume %s could not be re-exported", volume_id)
         # an export whose volume is gone (deleted, or never ours) is a leak
-        for volume_id in sorted(set(held) - mine - known):
+        for volume_id in sorted(set(held) - set(wanted) - known):
             self.target.unexport(volume_id)
             removed += 1
         return restored, removed

@@ -70,6 +70,14 @@ _VOLUME_AND_INITIATORS = Prepared(select(
     & one_of(_A["attach_status"], att_states.LIVE_STATES)).where(_V["id"] == bindparam("id")))
 
 
+# every live volume of one backend with the initiators its export must admit
+_HOST_EXPORTS = select(_V["id"], _V["status"], _V["chap_username"], _A["initiator"]).outerjoin_from(
+    VOLUMES.table, ATTACHMENTS.table,
+    (_A["volume_id"] == _V["id"]) & _A["deleted"].is_(False) & _A["initiator"].is_not(None)
+    & one_of(_A["attach_status"], att_states.LIVE_STATES)).where(
+    _V["host"] == bindparam("host"), _V["deleted"].is_(False))
+
+
 class VolumeRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -199,6 +207,18 @@ class VolumeRepository:
     def initiators(c: Tx, volume_id: str) -> frozenset[str]:
         """The ACL the volume's export must have."""
         return frozenset(r[0] for r in _INITIATORS.rows(c, {"volume_id": volume_id}) if r[0])
+
+    @staticmethod
+    def host_exports(c: Tx, host: str) -> dict[str, tuple[str, str | None, frozenset[str]]]:
+        """Every live volume of a backend: (status, CHAP user, the initiators its
+        export must admit), in one statement (the reconcile's view)."""
+        out: dict[str, tuple[str, str | None, set[str]]] = {}
+        for vid, status, chap, initiator in c.execute(_HOST_EXPORTS, {"host": host}):
+            entry = out.setdefault(vid, (status, chap, set()))
+            if initiator:
+                entry[2].add(initiator)
+        return {vid: (status, chap, frozenset(inits)) for vid, (status, chap, inits)
+                in out.items()}
 
     @staticmethod
     def new_attachment(c: Tx, values: Mapping[str, Any]) -> AttachmentRecord:

@@ -312,3 +312,26 @@ def test_an_unknown_operation_ends_in_error(tether: Tether) -> None:
     action_id = queued(tether, sid, "rebuild")
     assert run_on_host(tether, sid, action_id)
     assert _action(tether, action_id).message == "Error"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("point", ["spawn:end", "reattach_volume:*:start",
+                                   "reattach_volume:*:end"])
+def test_an_unshelve_that_died_after_the_spawn_reconnects_the_volumes(
+        tether: Tether, crash_at: object, monkeypatch: pytest.MonkeyPatch,
+        point: str) -> None:
+    nova, _cinder, sid, vid = tether.server_with_volume()
+    assert nova.post(f"/v2.1/servers/{sid}/action", {"shelve": None}).status_code == 202
+    tether.wait_action(nova, sid, "shelve")
+    _no_cast(tether, monkeypatch)
+    assert nova.post(f"/v2.1/servers/{sid}/action", {"unshelve": None}).status_code == 202
+    (row,) = db_rows(tether.db, models.InstanceAction, instance_uuid=sid, action="unshelve")
+    crash_at(point)  # type: ignore[operator]
+    with pytest.raises(Crash):
+        run_on_host(tether, sid, row.id)
+    _died(tether, row.id)
+    assert _recover(tether) == 1
+    srv = nova.get(f"/v2.1/servers/{sid}").json["server"]
+    assert (srv["status"], srv["OS-EXT-STS:task_state"]) == ("ACTIVE", None)
+    assert _volume(tether, vid) == "in-use"
+    assert disk_alias(vid) in {d.alias for d in tether.virt.list_disks(sid)}
+    assert vid in tether.target.exports()
