@@ -128,8 +128,11 @@ domain_prefix = tether-{host}-
         wait_for(up, 60, "tether service api")
         yield cluster
     finally:
+        libvirt = LibvirtDriver(domain_prefix=f"tether-{host}-")  # this cluster's alone
         for sid in cluster.servers:
-            LibvirtDriver().destroy(sid)
+            libvirt.destroy(sid)
+        for vid in libvirt.chap_secrets():  # of volumes still attached at the end
+            libvirt.undefine_chap_secret(vid)
         for p in procs:
             p.terminate()
         for p in procs:
