@@ -57,6 +57,17 @@ def _action(t: Tether, action_id: int) -> object:
     return row
 
 
+def _host_dies(t: Tether, crash_at: object, sid: str, action: str, point: str) -> int:
+    """The host runs the server's (queued) ``action`` and the process dies at
+    ``point``: its operation's owner is gone.  The operation's id."""
+    (row,) = db_rows(t.db, models.InstanceAction, instance_uuid=sid, action=action)
+    crash_at(point)  # type: ignore[operator]
+    with pytest.raises(Crash):
+        run_on_host(t, sid, row.id)
+    _died(t, row.id)
+    return int(row.id)
+
+
 def _volume(t: Tether, vid: str) -> str:
     return str(t.api().get(f"/v3/volumes/{vid}").json["volume"]["status"])
 
@@ -133,11 +144,7 @@ def test_an_attach_that_died_on_the_host_is_rolled_back(
     _no_cast(tether, monkeypatch)
     assert nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
                      {"volumeAttachment": {"volumeId": vid}}).status_code == 200
-    (row,) = db_rows(tether.db, models.InstanceAction, instance_uuid=sid, action="attach_volume")
-    crash_at(point)  # type: ignore[operator]
-    with pytest.raises(Crash):
-        run_on_host(tether, sid, row.id)
-    _died(tether, row.id)
+    row_id = _host_dies(tether, crash_at, sid, "attach_volume", point)
     assert _recover(tether) == 1
     assert _volume(tether, vid) == "available"
     assert vid not in tether.target.exports()
@@ -146,7 +153,7 @@ def test_an_attach_that_died_on_the_host_is_rolled_back(
     assert tether.virt.list_disks(sid, live=False) == []
     assert nova.get(f"/v2.1/servers/{sid}/os-volume_attachments").json[
         "volumeAttachments"] == []
-    done = _action(tether, row.id)
+    done = _action(tether, row_id)
     assert (done.status, done.message) == ("failed", "Error")  # type: ignore[attr-defined]
     # and the volume can be attached again at once
     res = nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
@@ -162,14 +169,10 @@ def test_an_attach_that_died_after_its_last_step_is_finished(
     _no_cast(tether, monkeypatch)
     nova.post(f"/v2.1/servers/{sid}/os-volume_attachments", {"volumeAttachment": {
         "volumeId": vid}})
-    (row,) = db_rows(tether.db, models.InstanceAction, instance_uuid=sid, action="attach_volume")
-    crash_at("a1.3:attachment_complete:end")  # type: ignore[operator]
-    with pytest.raises(Crash):
-        run_on_host(tether, sid, row.id)
-    _died(tether, row.id)
+    row_id = _host_dies(tether, crash_at, sid, "attach_volume", "a1.3:attachment_complete:end")
     assert _recover(tether) == 1
     assert _volume(tether, vid) == "in-use"
-    assert _action(tether, row.id).status == "succeeded"  # type: ignore[attr-defined]
+    assert _action(tether, row_id).status == "succeeded"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("point", ["a1:compute_api:start", "a1:compute_api:end"])
@@ -257,13 +260,10 @@ def test_a_delete_that_died_is_finished(tether: Tether, crash_at: object,
             delete_on_termination=True)
     _no_cast(tether, monkeypatch)
     assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204
-    (row,) = db_rows(tether.db, models.InstanceAction, instance_uuid=sid, action="delete")
-    crash_at(point)  # type: ignore[operator]
-    with pytest.raises(Crash):
-        run_on_host(tether, sid, row.id)
+    row_id = _host_dies(tether, crash_at, sid, "delete", point)
     assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204  # under way: nothing new
-    _died(tether, row.id)
     assert _recover(tether) == 1
+    assert _action(tether, row_id).status == "succeeded"  # type: ignore[attr-defined]
     assert nova.get(f"/v2.1/servers/{sid}").status_code == 404
     assert tether.api().get(f"/v3/volumes/{vid}").status_code in (200, 404)
     assert sid not in tether.virt.guests  # type: ignore[attr-defined]
@@ -291,12 +291,9 @@ def test_a_shelve_that_died_mid_offload_is_finished(
     nova, cinder, sid, vid = tether.server_with_volume()
     _no_cast(tether, monkeypatch)
     assert nova.post(f"/v2.1/servers/{sid}/action", {"shelve": None}).status_code == 202
-    (row,) = db_rows(tether.db, models.InstanceAction, instance_uuid=sid, action="shelve")
-    crash_at("release_volume:*:end")  # type: ignore[operator]
-    with pytest.raises(Crash):
-        run_on_host(tether, sid, row.id)
-    _died(tether, row.id)
+    row_id = _host_dies(tether, crash_at, sid, "shelve", "release_volume:*:end")
     assert _recover(tether) == 1
+    assert _action(tether, row_id).status == "succeeded"  # type: ignore[attr-defined]
     srv = nova.get(f"/v2.1/servers/{sid}").json["server"]
     assert (srv["status"], srv["OS-EXT-STS:task_state"]) == ("SHELVED_OFFLOADED", None)
     atts = tether.api("admin:p1").get(f"/v3/attachments?all_tenants=1&volume_id={vid}").json[
@@ -324,14 +321,36 @@ def test_an_unshelve_that_died_after_the_spawn_reconnects_the_volumes(
     tether.wait_action(nova, sid, "shelve")
     _no_cast(tether, monkeypatch)
     assert nova.post(f"/v2.1/servers/{sid}/action", {"unshelve": None}).status_code == 202
-    (row,) = db_rows(tether.db, models.InstanceAction, instance_uuid=sid, action="unshelve")
-    crash_at(point)  # type: ignore[operator]
-    with pytest.raises(Crash):
-        run_on_host(tether, sid, row.id)
-    _died(tether, row.id)
+    row_id = _host_dies(tether, crash_at, sid, "unshelve", point)
     assert _recover(tether) == 1
+    assert _action(tether, row_id).status == "succeeded"  # type: ignore[attr-defined]
     srv = nova.get(f"/v2.1/servers/{sid}").json["server"]
     assert (srv["status"], srv["OS-EXT-STS:task_state"]) == ("ACTIVE", None)
     assert _volume(tether, vid) == "in-use"
     assert disk_alias(vid) in {d.alias for d in tether.virt.list_disks(sid)}
     assert vid in tether.target.exports()
+
+
+def test_two_server_operations_at_once_one_is_refused(
+        tether: Tether, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task is taken in one conditional UPDATE: while a stop is under way a
+    second stop, a shelve or a start is a 409 naming the task, a delete takes
+    the server anyway (it waits on the host for the stop) and a second delete
+    records nothing new."""
+    nova = tether.nova()
+    sid = tether.create_server(nova)["id"]
+    _no_cast(tether, monkeypatch)
+    act = f"/v2.1/servers/{sid}/action"
+    assert nova.post(act, {"os-stop": None}).status_code == 202
+    for body, why in (({"os-stop": None}, "task_state powering-off"),
+                      ({"shelve": None}, "task_state powering-off"),
+                      ({"os-start": None}, "vm_state active")):
+        res = nova.post(act, body)
+        assert res.status_code == 409, body
+        assert why in res.json["conflictingRequest"]["message"]
+    assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204
+    assert nova.delete(f"/v2.1/servers/{sid}").status_code == 204
+    actions = [r.action for r in db_rows(tether.db, models.InstanceAction, instance_uuid=sid)]
+    assert sorted(actions) == ["create", "delete", "stop"]
+    assert _recover(tether) == 2  # both queued, the host died: stop then delete
+    assert nova.get(f"/v2.1/servers/{sid}").status_code == 404
