@@ -40,7 +40,8 @@ api_opts = [
     cfg.PortOpt("volume_port", default=8776, help="Block Storage API (Cinder v3) port."),
     cfg.PortOpt("image_port", default=9292, help="Image API (Glance v2, read-only) port."),
     cfg.StrOpt("auth_strategy", default="noauth", choices=["noauth"],
-               help="How tokens are checked. noauth: X-Auth-Token is 'user:project'."),
+               help="How tokens are checked. noauth: X-Auth-Token is 'user:project' "
+                    "(refused unless bind_host is a loopback address)."),
     cfg.StrOpt("admin_user", default="admin", help="noauth user that is an administrator."),
     cfg.StrOpt("service_token", secret=True,
                help="Token identifying Tether's own services (compute to block storage). "

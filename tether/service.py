@@ -23,7 +23,7 @@ from waitress.server import create_server
 
 from tether import config
 from tether.api import block_storage, compute, image
-from tether.api.auth import NoAuth
+from tether.api.auth import Authenticator, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
 from tether.compute.connections import HostConnections
@@ -43,6 +43,7 @@ from tether.db.api import Database
 from tether.db.records import ServiceRecord
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
+from tether.identity.credentials import StaticToken, TokenSource
 from tether.image.registry import ImageRegistry
 from tether.notifications import Notifier
 from tether.restclient import HttpTransport, Transport, WsgiTransport
@@ -78,6 +79,17 @@ def service_token(conf: cfg.ConfigOpts) -> str:
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(token + "\n")
     return token
+
+
+def authenticator(conf: cfg.ConfigOpts) -> Authenticator:
+    """The API's authenticator for ``[api] auth_strategy``."""
+    check_bind(conf.api.auth_strategy, conf.api.bind_host)
+    return NoAuth(conf.api.admin_user, service_token(conf), conf.api.default_project)
+
+
+def service_credentials(conf: cfg.ConfigOpts) -> TokenSource:
+    """The token this process's services send to the other side's API."""
+    return StaticToken(service_token(conf))
 
 
 def open_database(conf: cfg.ConfigOpts, upgrade: bool) -> Database:
@@ -287,7 +299,7 @@ class ComputeService:
                           else make_connector(conf, self.virt))
         self.volumes = VolumeClient(
             volume_transport or HttpTransport(config.volume_endpoint(conf), timeout=60.0),
-            service_token(conf))
+            service_credentials(conf))
         policy = DetachPolicy(conf.compute.device_detach_timeout,
                               conf.compute.device_detach_attempts)
         images = LocalImages(config.images_dir(conf), config.instances_dir(conf),
@@ -332,8 +344,8 @@ class ApiService:
                  volume_in_process: bool = False) -> None:
         self.conf = conf
         down = conf.compute.service_down_time
-        token = service_token(conf)
-        auth = NoAuth(conf.api.admin_user, token, conf.api.default_project)
+        auth = authenticator(conf)
+        token = service_credentials(conf)
         volumes = VolumeRepository(db)
         # (the compute app is made below: block storage reaches it once running)
         computes = ComputeClient(WsgiTransport(self._call_compute, config.compute_endpoint(
@@ -342,7 +354,7 @@ class ApiService:
                                     volume_host_picker(volumes, down),
                                     in_use=computes.server_uses_volume,
                                     shared_targets=conf.volume.shared_targets)
-        self.volume_app = block_storage.create_app(self.volume_api, auth)
+        self.volume_app = auth.wrap(block_storage.create_app(self.volume_api, auth))
         endpoint = config.volume_endpoint(conf)
         self.volume_transport: Transport = (
             WsgiTransport(self.volume_app, endpoint) if volume_in_process
@@ -353,8 +365,8 @@ class ApiService:
             ComputeRepository(db), ComputeRpcApi(rpc), self.volume_client,
             lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],
             default_bus=conf.compute.disk_bus, images=self.images)
-        self.compute_app = compute.create_app(self.compute_api, auth)
-        self.image_app = image.create_app(self.images, auth)
+        self.compute_app = auth.wrap(compute.create_app(self.compute_api, auth))
+        self.image_app = auth.wrap(image.create_app(self.images, auth))
         self.heartbeat = Heartbeat(db, conf.host, API_BINARY, "api")
         self.compute_api.ops.owner = self.heartbeat.incarnation
         self.recovery = ApiRecovery(db, self.compute_api, down,

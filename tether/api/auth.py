@@ -1,29 +1,76 @@
 """Authentication behind one small interface.
 
-``NoAuth`` (the default) follows cinderclient's noauth convention: the token
-is ``<user>:<project>``; a token without a colon (openstacksdk's ``notused``
-for ``auth_type: none``) is that user in the configured default project; the
-configured admin user is an administrator; the service token identifies
-Tether's own services.  Keystone middleware can replace it without touching
-a handler: handlers only ever see a :class:`RequestContext`.
+An :class:`Authenticator` turns a request's headers into the caller's
+:class:`RequestContext` (or a 401); handlers only ever see the context.
+``[api] auth_strategy`` picks one:
+
+* ``noauth`` (:class:`NoAuth`) follows cinderclient's noauth convention: the
+  token is ``<user>:<project>``; a token without a colon (openstacksdk's
+  ``notused`` for ``auth_type: none``) is that user in the configured default
+  project; the configured admin user is an administrator; the service token
+  identifies Tether's own services.  Anyone who can reach the port is whoever
+  they claim to be, so it is refused on a bind address that is not loopback
+  (:func:`check_bind`).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from tether.api.errors import ApiError
 from tether.context import RequestContext
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@\-]{1,255}$")
+Headers = Mapping[str, str]
+"""Request headers, names in lower case."""
 
 
 class Authenticator(Protocol):
-    def authenticate(self, token: str | None, request_id: str) -> RequestContext:
+    def authenticate(self, headers: Headers, request_id: str) -> RequestContext:
         """Return the caller's context or raise ApiError(401)."""
         ...
+
+    def wrap(self, app: Any) -> Any:
+        """The WSGI app to serve in place of ``app`` (middleware that must see
+        the request first, such as keystonemiddleware's), or ``app``."""
+        ...
+
+
+class AuthConfigError(Exception):
+    """The configured strategy cannot run as configured."""
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, {"WWW-Authenticate": "Token"})
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison that also takes what no real token is made of
+    (non-ASCII header bytes) without raising."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                               expected.encode("utf-8", "surrogateescape"))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(strategy: str, bind_host: str) -> None:
+    """Refuse ``noauth`` anywhere but loopback: it believes any claimed identity."""
+    if strategy == "noauth" and not is_loopback(bind_host):
+        raise AuthConfigError(
+            f"[api] auth_strategy = noauth believes whatever identity a caller claims; "
+            f"it is refused with [api] bind_host = {bind_host}, which is not a loopback "
+            f"address. Use auth_strategy = local or keystone, or bind to 127.0.0.1.")
 
 
 class NoAuth:
@@ -32,19 +79,23 @@ class NoAuth:
         self.service_token = service_token
         self.default_project = default_project
 
-    def authenticate(self, token: str | None, request_id: str) -> RequestContext:
+    def wrap(self, app: Any) -> Any:
+        return app
+
+    def authenticate(self, headers: Headers, request_id: str) -> RequestContext:
+        token = headers.get("x-auth-token")
         if not token:
-            raise ApiError(401, "Authentication required: send X-Auth-Token "
-                                "'<user>:<project>'.", {"WWW-Authenticate": "Token"})
-        if self.service_token and hmac.compare_digest(token, self.service_token):
+            raise unauthorized("Authentication required: send X-Auth-Token "
+                               "'<user>:<project>'.")
+        if self.service_token and same_secret(token, self.service_token):
             return RequestContext("tether-service", "service", ("service", "admin"),
                                   is_admin=True, is_service=True, request_id=request_id,
                                   auth_token=token)
         user, _, project = token.partition(":")
         project = project or self.default_project
         if not (_NAME_RE.match(user) and _NAME_RE.match(project)):
-            raise ApiError(401, "Invalid token: expected '<user>:<project>' made of "
-                                "letters, digits and _.@-", {"WWW-Authenticate": "Token"})
+            raise unauthorized("Invalid token: expected '<user>:<project>' made of "
+                               "letters, digits and _.@-")
         is_admin = user == self.admin_user
         roles = ("admin", "member", "reader") if is_admin else ("member", "reader")
         return RequestContext(user, project, roles, is_admin=is_admin,

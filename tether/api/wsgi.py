@@ -42,12 +42,12 @@ class ApiMiddleware:
             req.context.public = True
             return
         req.context.public = False
-        version = self.versions.negotiate(
-            {k.lower(): v for k, v in req.headers.items()})
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        version = self.versions.negotiate(headers)
         req.context.version = version
         for key, value in self.versions.response_headers(version).items():
             resp.set_header(key, value)
-        ctx = self.auth.authenticate(req.get_header("X-Auth-Token"), request_id)
+        ctx = self.auth.authenticate(headers, request_id)
         if url_project and url_project != ctx.project_id and not ctx.privileged:
             raise errors.ApiError(
                 400, f"Malformed request URL: URL's project_id '{url_project}' doesn't "

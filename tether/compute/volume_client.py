@@ -26,6 +26,7 @@ from tether.exceptions import (
     TetherError,
     VolumeNotFound,
 )
+from tether.identity.credentials import TokenSource
 from tether.restclient import HttpTransport, Reply, Transport, TransportFailed
 
 LOG = logging.getLogger(__name__)
@@ -62,16 +63,31 @@ class AttachmentRef:
 
 
 class VolumeClient:
-    def __init__(self, transport: Transport, service_token: str, retries: int = 3) -> None:
+    def __init__(self, transport: Transport, credentials: TokenSource,
+                 retries: int = 3) -> None:
         self.transport = transport
         self.retries = retries
-        self._headers = {"X-Auth-Token": service_token, "OpenStack-API-Version": MICROVERSION,
+        self.credentials = credentials
+        self._headers = {"OpenStack-API-Version": MICROVERSION,
                          "Content-Type": "application/json", "Accept": "application/json"}
 
     @classmethod
-    def over_http(cls, endpoint: str, service_token: str, timeout: float = 60.0
+    def over_http(cls, endpoint: str, credentials: TokenSource, timeout: float = 60.0
                   ) -> VolumeClient:
-        return cls(HttpTransport(endpoint, timeout), service_token)
+        return cls(HttpTransport(endpoint, timeout), credentials)
+
+    def _request(self, method: str, path: str, data: bytes | None) -> Reply:
+        """One request with the service's token; a token refused (expired,
+        revoked) is given back and the request made once more with a new one."""
+        token = self.credentials.token()
+        resp = self.transport.request(method, path, {**self._headers, "X-Auth-Token": token},
+                                      data)
+        if resp.status == 401:
+            self.credentials.invalidate(token)
+            resp = self.transport.request(
+                method, path, {**self._headers, "X-Auth-Token": self.credentials.token()},
+                data)
+        return resp
 
     def close(self) -> None:
         self.transport.close()
@@ -81,7 +97,7 @@ class VolumeClient:
         data = json.dumps(body).encode() if body is not None else None
         for attempt in range(self.retries + 1):
             try:
-                resp = self.transport.request(method, path, self._headers, data)
+                resp = self._request(method, path, data)
             except TransportFailed as exc:
                 if attempt == self.retries:
                     raise BackendError(str(exc)) from exc

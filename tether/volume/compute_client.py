@@ -11,26 +11,36 @@ from __future__ import annotations
 import logging
 
 from tether.exceptions import BackendError
-from tether.restclient import Transport, TransportFailed
+from tether.identity.credentials import TokenSource
+from tether.restclient import Reply, Transport, TransportFailed
 
 LOG = logging.getLogger(__name__)
 MICROVERSION = "compute 2.89"
 
 
 class ComputeClient:
-    def __init__(self, transport: Transport, service_token: str) -> None:
+    def __init__(self, transport: Transport, credentials: TokenSource) -> None:
         self.transport = transport
-        self._headers = {"X-Auth-Token": service_token, "OpenStack-API-Version": MICROVERSION,
-                         "Accept": "application/json"}
+        self.credentials = credentials
+        self._headers = {"OpenStack-API-Version": MICROVERSION, "Accept": "application/json"}
+
+    def _get(self, path: str) -> Reply:
+        token = self.credentials.token()
+        reply = self.transport.request("GET", path, {**self._headers, "X-Auth-Token": token},
+                                       None)
+        if reply.status == 401:  # expired or revoked: once more with a fresh token
+            self.credentials.invalidate(token)
+            reply = self.transport.request(
+                "GET", path, {**self._headers, "X-Auth-Token": self.credentials.token()},
+                None)
+        return reply
 
     def server_uses_volume(self, server_id: str, volume_id: str) -> bool:
         """Whether the server has the volume attached (or being attached or
         detached).  When compute cannot say, the answer is yes: refusing a
         user's attachment delete is safe, allowing it may not be."""
         try:
-            reply = self.transport.request(
-                "GET", f"/servers/{server_id}/os-volume_attachments/{volume_id}",
-                self._headers, None)
+            reply = self._get(f"/servers/{server_id}/os-volume_attachments/{volume_id}")
         except TransportFailed:
             LOG.exception("compute could not be asked whether %s uses %s", server_id,
                           volume_id)

@@ -13,6 +13,7 @@ from waitress.server import create_server
 
 from tether.compute.volume_client import VolumeClient
 from tether.exceptions import BackendError, Conflict, InvalidVolume, VolumeNotFound
+from tether.identity.credentials import StaticToken
 from tether.restclient import HttpTransport, Transport, WsgiTransport
 from tether.service import HttpServer
 
@@ -59,7 +60,7 @@ def http_endpoint() -> Iterator[str]:
 def client(request: pytest.FixtureRequest, http_endpoint: str) -> Iterator[VolumeClient]:
     transport: Transport = (HttpTransport(http_endpoint, timeout=5)
                             if request.param == "http" else WsgiTransport(app, http_endpoint))
-    vc = VolumeClient(transport, "service-token", retries=1)
+    vc = VolumeClient(transport, StaticToken("service-token"), retries=1)
     SEEN.clear()
     yield vc
     vc.close()
@@ -98,6 +99,38 @@ def test_wsgi_transport_passes_the_query_string() -> None:
 
 
 def test_unreachable_block_storage_is_a_backend_error() -> None:
-    vc = VolumeClient(HttpTransport("http://127.0.0.1:9/v3", timeout=1), "t", retries=0)
+    vc = VolumeClient(HttpTransport("http://127.0.0.1:9/v3", timeout=1), StaticToken("t"),
+                      retries=0)
     with pytest.raises(BackendError, match="unreachable"):
         vc.get_volume("v1")
+
+
+class Rotating:
+    """A token source whose first token the server refuses."""
+
+    def __init__(self) -> None:
+        self.tokens = ["expired", "fresh"]
+        self.given_back: list[str] = []
+
+    def token(self) -> str:
+        return self.tokens[0]
+
+    def invalidate(self, token: str) -> None:
+        self.given_back.append(token)
+        self.tokens.remove(token)
+
+
+def test_a_refused_token_is_given_back_and_the_call_made_once_more() -> None:
+    seen: list[str | None] = []
+
+    def picky(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ.get("HTTP_X_AUTH_TOKEN"))
+        if environ.get("HTTP_X_AUTH_TOKEN") != "fresh":
+            start_response("401 Unauthorized", [("Content-Type", "application/json")])
+            return [b'{"unauthorized": {"code": 401, "message": "expired"}}']
+        return app(environ, start_response)
+
+    source = Rotating()
+    vc = VolumeClient(WsgiTransport(picky, "http://127.0.0.1:8776/v3"), source, retries=0)
+    assert vc.get_volume("v1").id == "v1"
+    assert seen == ["expired", "fresh"] and source.given_back == ["expired"]
