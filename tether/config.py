@@ -54,6 +54,20 @@ api_opts = [
                     "http://<bind_host>:<volume_port>/v3."),
 ]
 
+service_user_opts = [
+    cfg.StrOpt("auth_url",
+               help="Identity v3 endpoint the services get their tokens from (Keystone's, "
+                    "or the local identity's); default the local identity of this "
+                    "configuration."),
+    cfg.StrOpt("username", default="tether", help="Service user's name."),
+    cfg.StrOpt("password", secret=True,
+               help="Service user's password; with auth_strategy = local, default: "
+                    "generated at first start into <state_dir>/service_password."),
+    cfg.StrOpt("project_name", default="service", help="Service user's project."),
+    cfg.StrOpt("user_domain_name", default="Default"),
+    cfg.StrOpt("project_domain_name", default="Default"),
+]
+
 volume_opts = [
     cfg.StrOpt("backend_name", default="file", help="Name of this storage backend."),
     cfg.StrOpt("volumes_dir", help="Directory of volume files; default <state_dir>/volumes."),
@@ -146,6 +160,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(default_opts)
     conf.register_opts(database_opts, group="database")
     conf.register_opts(api_opts, group="api")
+    conf.register_opts(service_user_opts, group="service_user")
     conf.register_opts(volume_opts, group="volume")
     conf.register_opts(compute_opts, group="compute")
     conf.register_opts(image_opts, group="image")
@@ -240,6 +255,7 @@ def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
         (None, default_opts),
         ("database", database_opts),
         ("api", api_opts),
+        ("service_user", service_user_opts),
         ("volume", volume_opts),
         ("compute", compute_opts),
         ("image", image_opts),
