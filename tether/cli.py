@@ -50,8 +50,11 @@ def setup_logging(conf: Any, to_stderr: bool) -> None:
     """INFO (DEBUG with ``debug``) to the log file, and to stderr too."""
     level = logging.DEBUG if conf.debug else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
-    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
-    log_file = conf.log_file or os.path.join(conf.state_dir, "tether.log")
+    from tether import statedir
+
+    tightened: list[str] = []
+    # 0600 before the first line is written (FileHandler keeps an existing file's mode)
+    log_file = statedir.log_file(conf, tightened.append)
     handler = _FileAndStderr(log_file) if to_stderr else logging.FileHandler(log_file)
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
     for noisy in ("oslo_messaging", "stevedore", "waitress", "alembic"):
@@ -59,6 +62,9 @@ def setup_logging(conf: Any, to_stderr: bool) -> None:
     # requests waiting for a worker thread are normal under a burst (50 at
     # once against [api] threads = 8); not a warning per request
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    for message in tightened:
+        LOG.warning("%s", message)
+    statedir.state_dir(conf)
 
 
 def _wait_for_signal() -> None:
@@ -107,10 +113,12 @@ def cmd_service(conf: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_db(conf: Any, args: argparse.Namespace) -> int:
+    from tether import statedir
     from tether.db import migrate
     from tether.db.api import Database
 
-    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
+    statedir.state_dir(conf)
+    statedir.database_files(config.database_url(conf))
     db = Database(config.database_url(conf))
     if args.action == "upgrade":
         migrate.upgrade(db)
@@ -405,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # whatever this process or its children (qemu-img, tgtadm ...) create is
+    # private unless created with a wider mode on purpose (tether.statedir)
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     try:
         conf = config.load(args.config_file, args.state_dir)
