@@ -126,6 +126,45 @@ def cmd_db(conf: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secrets(conf: Any, args: argparse.Namespace) -> int:
+    """``generate-key`` prints a new key; ``rotate-key`` puts a new key first
+    in the key file, seals every CHAP secret with it, then drops the old
+    keys (volume services stopped: docs/security.md)."""
+    from tether.volume import secret_box
+    from tether.volume.repository import VolumeRepository
+
+    if args.action == "generate-key":
+        print(secret_box.new_key())
+        return 0
+    if conf.volume.secret_key:
+        print("tether: [volume] secret_key is set: rotate by hand (docs/security.md)",
+              file=sys.stderr)
+        return 2
+    from tether.service import open_database
+
+    setup_logging(conf, to_stderr=False)
+    db = open_database(conf, upgrade=False)
+    try:
+        repo = VolumeRepository(db)
+        old = secret_box.prepare(conf, repo)  # the current keys open every secret
+        path = config.secret_key_file(conf)
+        with open(path, encoding="ascii") as f:
+            keys = secret_box.parse_keys(f.read())
+        new = secret_box.new_key()
+        # a crash from here on leaves a file whose keys open every secret:
+        # the new one first, then the old ones until every secret is resealed
+        secret_box.key_file_with(path, [new, *keys])
+        resealed, kept = secret_box.rotate(conf, repo)
+        secret_box.key_file_with(path, [new])
+        LOG.warning("secrets: key of %s rotated, %d CHAP secret(s) sealed again", old.source,
+                    resealed)
+        print(f"{path}: new key; {resealed} CHAP secret(s) sealed with it"
+              + (f", {kept} changed meanwhile" if kept else ""))
+    finally:
+        db.dispose()
+    return 0
+
+
 def cmd_config(conf: Any, args: argparse.Namespace) -> int:
     for group, opts in config.list_opts():
         print(f"[{group or 'DEFAULT'}]")
@@ -339,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
 
     sub.add_parser("config", help="print a sample tether.conf").set_defaults(func=cmd_config)
 
+    sp = sub.add_parser("secrets", help="the key that seals CHAP secrets in the database")
+    sp.add_argument("action", choices=["generate-key", "rotate-key"],
+                    help="generate-key: print a new key (for [volume] secret_key); "
+                         "rotate-key: seal every secret with a new key in the key file "
+                         "(stop the volume services first)")
+    sp.set_defaults(func=cmd_secrets)
+
     sp = sub.add_parser("volume", help="volumes (through the Block Storage API)")
     vs = sp.add_subparsers(dest="action", required=True)
     c = vs.add_parser("create")
@@ -413,9 +459,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # whatever this process or its children (qemu-img, tgtadm ...) create is
-    # private unless created with a wider mode on purpose (tether.statedir)
-    os.umask(0o077)
+    if argv is None:  # the program itself (not a test calling it in its own process):
+        # whatever it or its children (qemu-img ...) create is private unless
+        # made with a wider mode on purpose (tether.statedir)
+        os.umask(0o077)
     args = build_parser().parse_args(argv)
     try:
         conf = config.load(args.config_file, args.state_dir)
