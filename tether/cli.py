@@ -136,10 +136,6 @@ def cmd_secrets(conf: Any, args: argparse.Namespace) -> int:
     if args.action == "generate-key":
         print(secret_box.new_key())
         return 0
-    if conf.volume.secret_key:
-        print("tether: [volume] secret_key is set: rotate by hand (docs/security.md)",
-              file=sys.stderr)
-        return 2
     from tether.service import open_database
 
     setup_logging(conf, to_stderr=False)
@@ -147,6 +143,11 @@ def cmd_secrets(conf: Any, args: argparse.Namespace) -> int:
     try:
         repo = VolumeRepository(db)
         old = secret_box.prepare(conf, repo)  # the current keys open every secret
+        if conf.volume.secret_key:  # "new,old" configured: seal everything with new
+            resealed, _ = secret_box.rotate(conf, repo)
+            print(f"{resealed} CHAP secret(s) sealed with the first key of [volume] "
+                  "secret_key: the others can go now")
+            return 0
         path = config.secret_key_file(conf)
         with open(path, encoding="ascii") as f:
             keys = secret_box.parse_keys(f.read())
