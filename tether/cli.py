@@ -50,8 +50,11 @@ def setup_logging(conf: Any, to_stderr: bool) -> None:
     """INFO (DEBUG with ``debug``) to the log file, and to stderr too."""
     level = logging.DEBUG if conf.debug else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
-    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
-    log_file = conf.log_file or os.path.join(conf.state_dir, "tether.log")
+    from tether import statedir
+
+    tightened: list[str] = []
+    # 0600 before the first line is written (FileHandler keeps an existing file's mode)
+    log_file = statedir.log_file(conf, tightened.append)
     handler = _FileAndStderr(log_file) if to_stderr else logging.FileHandler(log_file)
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
     for noisy in ("oslo_messaging", "stevedore", "waitress", "alembic"):
@@ -59,6 +62,9 @@ def setup_logging(conf: Any, to_stderr: bool) -> None:
     # requests waiting for a worker thread are normal under a burst (50 at
     # once against [api] threads = 8); not a warning per request
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    for message in tightened:
+        LOG.warning("%s", message)
+    statedir.state_dir(conf)
 
 
 def _wait_for_signal() -> None:
@@ -107,14 +113,56 @@ def cmd_service(conf: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_db(conf: Any, args: argparse.Namespace) -> int:
+    from tether import statedir
     from tether.db import migrate
     from tether.db.api import Database
 
-    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
+    statedir.state_dir(conf)
+    statedir.database_files(config.database_url(conf))
     db = Database(config.database_url(conf))
     if args.action == "upgrade":
         migrate.upgrade(db)
     print(f"database at revision {migrate.current(db)} (head {migrate.head()})")
+    return 0
+
+
+def cmd_secrets(conf: Any, args: argparse.Namespace) -> int:
+    """``generate-key`` prints a new key; ``rotate-key`` puts a new key first
+    in the key file, seals every CHAP secret with it, then drops the old
+    keys (volume services stopped: docs/security.md)."""
+    from tether.volume import secret_box
+    from tether.volume.repository import VolumeRepository
+
+    if args.action == "generate-key":
+        print(secret_box.new_key())
+        return 0
+    from tether.service import open_database
+
+    setup_logging(conf, to_stderr=False)
+    db = open_database(conf, upgrade=False)
+    try:
+        repo = VolumeRepository(db)
+        old = secret_box.prepare(conf, repo)  # the current keys open every secret
+        if conf.volume.secret_key:  # "new,old" configured: seal everything with new
+            resealed, _ = secret_box.rotate(conf, repo)
+            print(f"{resealed} CHAP secret(s) sealed with the first key of [volume] "
+                  "secret_key: the others can go now")
+            return 0
+        path = config.secret_key_file(conf)
+        with open(path, encoding="ascii") as f:
+            keys = secret_box.parse_keys(f.read())
+        new = secret_box.new_key()
+        # a crash from here on leaves a file whose keys open every secret:
+        # the new one first, then the old ones until every secret is resealed
+        secret_box.key_file_with(path, [new, *keys])
+        resealed, kept = secret_box.rotate(conf, repo)
+        secret_box.key_file_with(path, [new])
+        LOG.warning("secrets: key of %s rotated, %d CHAP secret(s) sealed again", old.source,
+                    resealed)
+        print(f"{path}: new key; {resealed} CHAP secret(s) sealed with it"
+              + (f", {kept} changed meanwhile" if kept else ""))
+    finally:
+        db.dispose()
     return 0
 
 
@@ -331,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
 
     sub.add_parser("config", help="print a sample tether.conf").set_defaults(func=cmd_config)
 
+    sp = sub.add_parser("secrets", help="the key that seals CHAP secrets in the database")
+    sp.add_argument("action", choices=["generate-key", "rotate-key"],
+                    help="generate-key: print a new key (for [volume] secret_key); "
+                         "rotate-key: seal every secret with a new key in the key file "
+                         "(stop the volume services first)")
+    sp.set_defaults(func=cmd_secrets)
+
     sp = sub.add_parser("volume", help="volumes (through the Block Storage API)")
     vs = sp.add_subparsers(dest="action", required=True)
     c = vs.add_parser("create")
@@ -405,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the program itself (not a test calling it in its own process):
+        # whatever it or its children (qemu-img ...) create is private unless
+        # made with a wider mode on purpose (tether.statedir)
+        os.umask(0o077)
     args = build_parser().parse_args(argv)
     try:
         conf = config.load(args.config_file, args.state_dir)

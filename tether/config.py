@@ -90,6 +90,16 @@ volume_opts = [
                       "deleting or contradicting its attachments; 0 turns it off."),
     cfg.BoolOpt("shared_targets", default=False,
                 help="Report that this backend shares targets between volumes."),
+    cfg.StrOpt("secret_key", secret=True,
+               help="Keys that encrypt the volumes' CHAP secrets in the database "
+                    "(Fernet keys, comma-separated: the first encrypts, every one "
+                    "decrypts; see docs/security.md for rotation).  Every volume service "
+                    "of a deployment needs the same.  Default: read from secret_key_file."),
+    cfg.StrOpt("secret_key_file",
+               help="File holding those keys (one a line, the first encrypts), when "
+                    "secret_key is not set; default <state_dir>/secret.key, generated "
+                    "0600 at the first start of a volume service on a database holding "
+                    "no encrypted secret."),
 ]
 
 compute_opts = [
@@ -146,7 +156,8 @@ compute_opts = [
 image_opts = [
     cfg.StrOpt("cache_dir",
                help="Downloaded packages and built files of `tether image build-tiny`; "
-                    "default <state_dir>/cache.  QEMU's own user must be able to read it."),
+                    "default <state_dir>/cache (0700: QEMU reads the copies registered "
+                    "in images_dir)."),
 ]
 
 
@@ -203,6 +214,11 @@ def database_url(conf: cfg.ConfigOpts) -> str:
 def volumes_dir(conf: cfg.ConfigOpts) -> str:
     path: str | None = conf.volume.volumes_dir
     return path or os.path.join(conf.state_dir, "volumes")
+
+
+def secret_key_file(conf: cfg.ConfigOpts) -> str:
+    path: str | None = conf.volume.secret_key_file
+    return path or os.path.join(conf.state_dir, "secret.key")
 
 
 def lock_dir(conf: cfg.ConfigOpts) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from oslo_config import cfg
 from waitress.server import create_server
 
-from tether import config
+from tether import config, statedir
 from tether.api import block_storage, compute, image
 from tether.api.auth import Authenticator, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
@@ -49,6 +49,7 @@ from tether.notifications import Notifier
 from tether.restclient import HttpTransport, Transport, WsgiTransport
 from tether.rpc import COMPUTE_TOPIC, VOLUME_TOPIC, Rpc
 from tether.virt.driver import VirtDriver
+from tether.volume import secret_box
 from tether.volume.api import VolumeAPI
 from tether.volume.backends.file import FileBackend
 from tether.volume.compute_client import ComputeClient
@@ -64,21 +65,14 @@ REPORT_INTERVAL = 10.0
 
 
 def service_token(conf: cfg.ConfigOpts) -> str:
-    """The configured service token, or one generated once into the state dir."""
+    """The configured service token, or one generated once into the state dir
+    (0600; two processes starting at once agree on one)."""
     token: str | None = conf.api.service_token
     if token:
         return token
-    path = os.path.join(conf.state_dir, "service_token")
-    try:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(token + "\n")
-    return token
+    path = os.path.join(statedir.directory(conf.state_dir, statedir.state_dir_mode(conf)),
+                        "service_token")
+    return statedir.read_or_create(path, secrets.token_urlsafe(32) + "\n").strip()
 
 
 def authenticator(conf: cfg.ConfigOpts) -> Authenticator:
@@ -93,10 +87,12 @@ def service_credentials(conf: cfg.ConfigOpts) -> TokenSource:
 
 
 def open_database(conf: cfg.ConfigOpts, upgrade: bool) -> Database:
-    # 0711: QEMU (its own user) must reach instances/<uuid>/ inside; nothing in
-    # the state dir can be listed, and its files are 0600
-    os.makedirs(conf.state_dir, mode=0o711, exist_ok=True)
-    db = Database(config.database_url(conf))
+    # the state dir 0711 or 0700 and its private files tightened; a SQLite
+    # database made 0600 before SQLite writes it or its WAL (statedir)
+    statedir.state_dir(conf)
+    url = config.database_url(conf)
+    statedir.database_files(url)
+    db = Database(url)
     if upgrade:
         migrate.upgrade(db)
     elif migrate.current(db) != migrate.head():
@@ -198,8 +194,12 @@ class VolumeService:
         self.conf = conf
         self.host = f"{conf.host}@{conf.volume.backend_name}"
         self.target = target if target is not None else make_target(conf)
-        self.manager = VolumeManager(VolumeRepository(db), FileBackend(config.volumes_dir(conf)),
-                                     self.target, self.host,
+        repo = VolumeRepository(db)
+        # the key first: a missing or wrong one stops the service here, and
+        # secrets an older Tether kept in clear are sealed before any is used
+        box = secret_box.prepare(conf, repo)
+        self.manager = VolumeManager(repo, FileBackend(config.volumes_dir(conf)),
+                                     self.target, self.host, box,
                                      stale_after=conf.compute.operation_timeout)
         self.rpc = rpc
         self.heartbeat = Heartbeat(db, self.host, VOLUME_BINARY, VOLUME_TOPIC)

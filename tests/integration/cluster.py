@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from tests.harness import wait_for
 from tests.integration.daemons import Tgtd, ensure_database_server, free_port
 from tether.virt.libvirt.driver import LibvirtDriver
+from tether.volume.secret_box import new_key
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 SERVICES = ("api", "volume", "compute")
@@ -106,6 +107,7 @@ service_token = dist-service-{uuid.uuid4().hex}
 target_port = {tgtd.portal_port}
 tgt_control_port = {tgtd.control_port}
 reconcile_interval = 0
+secret_key = {new_key()}
 [compute]
 initiator_iqn = iqn.2010-10.org.tether:{host}
 domain_prefix = tether-{host}-

@@ -35,20 +35,23 @@ from tether.virt.driver import VirtDriver
 from tether.volume.backends.base import VolumeBackend
 from tether.volume.manager import VolumeManager
 from tether.volume.repository import VolumeRepository
+from tether.volume.secret_box import SecretBox
 from tether.volume.targets.base import TargetDriver
 
 
 class Repairer:
     def __init__(self, db: Database, backend_host: str, virt: VirtDriver | None,
                  target: TargetDriver | None, backend: Callable[[], VolumeBackend],
-                 stale_after: float) -> None:
+                 stale_after: float, box: Callable[[], SecretBox]) -> None:
         """``backend``: made on the first volume repair (the file backend
-        creates its directory)."""
+        creates its directory); ``box``: the keys of the CHAP secrets, read
+        on the first export repair."""
         self.repo = VolumeRepository(db)
         self.backend_host = backend_host
         self.virt = virt
         self.target = target
         self._backend = backend
+        self._box = box
         self._stale_after = stale_after
         self._manager: VolumeManager | None = None
         self._synced: set[str] = set()
@@ -71,7 +74,8 @@ class Repairer:
     def manager(self) -> VolumeManager:
         if self._manager is None:
             self._manager = VolumeManager(self.repo, self._backend(), self._target(),
-                                          self.backend_host, stale_after=self._stale_after)
+                                          self.backend_host, self._box(),
+                                          stale_after=self._stale_after)
         return self._manager
 
     def _virt(self) -> VirtDriver:

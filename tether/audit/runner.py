@@ -34,6 +34,7 @@ from tether.db.models import utcnow
 from tether.exceptions import BackendError
 from tether.service import VOLUME_BINARY, Drivers, make_connector, make_target, make_virt
 from tether.virt.driver import VirtError
+from tether.volume import secret_box
 from tether.volume.backends.file import FileBackend
 from tether.volume.repository import VolumeRepository
 from tether.volume.targets.base import TargetError
@@ -77,7 +78,9 @@ class Auditor:
         self.reader = Reader(db, self.scope, virt, target, connector, now)
         self.repairer = Repairer(db, self.scope.backend, virt, target,
                                  lambda: FileBackend(volumes_dir),
-                                 conf.compute.operation_timeout)
+                                 conf.compute.operation_timeout,
+                                 lambda: secret_box.load(conf, holds_sealed=True,
+                                                         generate=False))
 
     def audit(self) -> tuple[list[Finding], dict[str, int]]:
         """One look: every finding, and how much was looked at."""

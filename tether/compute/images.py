@@ -19,6 +19,7 @@ import re
 import shutil
 from dataclasses import replace
 
+from tether import statedir
 from tether.exceptions import BackendError
 from tether.executor import CommandError, Runner
 from tether.image.registry import ImageRegistry, is_image_id
@@ -47,8 +48,14 @@ class LocalImages:
 
     def console_log(self, server_uuid: str) -> str:
         """Where the guest's serial console goes (its folder made if needed)."""
-        os.makedirs(self.instance_dir(server_uuid), mode=0o711, exist_ok=True)
+        self._folder(server_uuid)
         return os.path.join(self.instance_dir(server_uuid), "console.log")
+
+    def _folder(self, server_uuid: str) -> str:
+        """The server's folder: QEMU's user passes through it (0711) to the
+        files libvirt gives it; it can list nothing (tether.statedir)."""
+        statedir.directory(self.instances_dir, statedir.PASSAGE_DIR)
+        return statedir.directory(self.instance_dir(server_uuid), statedir.PASSAGE_DIR)
 
     def agent_socket(self, server_uuid: str) -> str:
         return os.path.join(self.instance_dir(server_uuid), "agent.sock")
@@ -87,8 +94,7 @@ class LocalImages:
             raise BackendError(f"Image {image_ref} is {fmt}"
                                f"{' with a backing file' if info.get('backing-filename') else ''}"
                                f": only standalone {' or '.join(FORMATS)} images boot.")
-        folder = self.instance_dir(server_uuid)
-        os.makedirs(folder, mode=0o711, exist_ok=True)
+        folder = self._folder(server_uuid)
         overlay = os.path.join(folder, "disk.qcow2")
         if not os.path.exists(overlay):
             self.runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt,

@@ -6,6 +6,8 @@ import os
 import re
 import secrets
 
+from tether import statedir
+
 OPEN_ISCSI_FILE = "/etc/iscsi/initiatorname.iscsi"
 
 
@@ -29,7 +31,5 @@ def host_initiator_iqn(configured: str | None, state_dir: str, hostname: str) ->
         pass
     safe = re.sub(r"[^a-z0-9.\-]", "-", hostname.lower()) or "host"
     iqn = f"iqn.2010-10.org.tether:{safe}-{secrets.token_hex(4)}"
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    with open(path, "w", encoding="ascii") as f:
-        f.write(iqn + "\n")
-    return iqn
+    os.makedirs(state_dir, mode=statedir.PRIVATE_DIR, exist_ok=True)
+    return statedir.read_or_create(path, iqn + "\n").strip()

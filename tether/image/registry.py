@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import or_
 
-from tether import policy
+from tether import policy, statedir
 from tether.context import RequestContext
 from tether.db import models
 from tether.db.api import Database
@@ -182,10 +182,11 @@ class ImageRegistry:
 
     def store(self, source: str, file: str) -> None:
         """Copy ``source`` into the images directory as ``file`` (readable by QEMU)."""
-        os.makedirs(self.images_dir, mode=0o755, exist_ok=True)
+        # QEMU reads base images by path: 0644 files in a folder it cannot list
+        statedir.directory(self.images_dir, statedir.PASSAGE_DIR)
         tmp = self.path(f".{file}.part")
         shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, statedir.SHARED_FILE)
         os.replace(tmp, self.path(file))
 
 

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 
+from tether import statedir
 from tether.db.records import ImageRecord
 from tether.executor import Runner
 from tether.image.registry import ImageNotFound, ImageRegistry
@@ -98,14 +99,16 @@ class TinyBuilder:
         if os.path.exists(image.kernel) and os.path.exists(image.initrd):
             LOG.info("tiny image %s: cached in %s", image.name, out)
             return image
-        os.makedirs(self.cache_dir, mode=0o755, exist_ok=True)
+        # nothing here is read by QEMU: register() copies the kernel and initrd
+        # into the images folder
+        statedir.directory(self.cache_dir, statedir.PRIVATE_DIR)
         debs = [self._download(name, version) for name, version in packages.items()]
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as work:
             root = os.path.join(work, "root")
             for deb in debs:
                 self.runner.run(["dpkg-deb", "-x", deb, root], timeout=300)
             staged = os.path.join(work, "out")
-            os.makedirs(staged, mode=0o755)
+            os.mkdir(staged, statedir.PRIVATE_DIR)
             shutil.copyfile(os.path.join(root, "boot", f"vmlinuz-{release}"),
                             os.path.join(staged, "vmlinuz"))
             with open(os.path.join(staged, "initrd.img"), "wb") as f:
@@ -120,7 +123,7 @@ class TinyBuilder:
 
     def _download(self, name: str, version: str) -> str:
         debs = os.path.join(self.cache_dir, "debs")
-        os.makedirs(debs, mode=0o755, exist_ok=True)
+        statedir.directory(debs, statedir.PRIVATE_DIR)
         # apt names the file name_version_arch.deb with the epoch's ':' as %3a
         prefix = f"{name}_{version.replace(':', '%3a')}_"
         found = [f for f in os.listdir(debs) if f.startswith(prefix) and f.endswith(".deb")]

@@ -33,6 +33,7 @@ from tether.states import volume as vol_states
 from tether.states.machine import InvalidTransition
 from tether.volume.backends.base import VolumeBackend
 from tether.volume.repository import VolumeRepository
+from tether.volume.secret_box import SecretBox
 from tether.volume.targets.base import (
     ChapCredentials,
     ExportLocation,
@@ -72,10 +73,13 @@ class Reconciled:
 
 class VolumeManager:
     def __init__(self, repo: VolumeRepository, backend: VolumeBackend, target: TargetDriver,
-                 host: str, stale_after: float = 600.0) -> None:
-        """``stale_after``: seconds after which a transitional status nothing
-        has changed is a crash's leftover (the periodic reconcile's rule)."""
+                 host: str, box: SecretBox, stale_after: float = 600.0) -> None:
+        """``box`` seals the CHAP secrets the database keeps and opens them
+        for the target and connection_info; ``stale_after``: seconds after
+        which a transitional status nothing has changed is a crash's
+        leftover (the periodic reconcile's rule)."""
         self.repo = repo
+        self.box = box
         self.backend = backend
         self.target = target
         self.host = host
@@ -112,7 +116,7 @@ class VolumeManager:
                 return
             chap = new_chap()
             self._apply(vol, "create_done", chap_username=chap.username,
-                        chap_password=chap.password)
+                        chap_password=self.box.seal(chap.password))
         LOG.info("volume %s created (%d GiB)", volume_id, vol.size)
 
     def delete_volume(self, volume_id: str) -> None:
@@ -167,12 +171,13 @@ class VolumeManager:
             raise VolumeNotFound(volume_id)
         return _connection_info(volume_id, self.target.location(volume_id), self._chap(vol))
 
-    @staticmethod
-    def _chap(vol: VolumeRecord) -> ChapCredentials:
+    def _chap(self, vol: VolumeRecord) -> ChapCredentials:
+        """The volume's CHAP credentials, its secret opened (the database
+        keeps it sealed: tether.volume.secret_box)."""
         if not vol.chap_username or not vol.chap_password:
             raise InvalidVolume(f"Volume {vol.id} has no CHAP credentials (status "
                                 f"{vol.status}); it cannot be exported.")
-        return ChapCredentials(vol.chap_username, vol.chap_password)
+        return ChapCredentials(vol.chap_username, self.box.open(vol.chap_password, vol.id))
 
     # -- recovery ----------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 
 from tether.db import models
 from tether.db import transitions as db_transitions
@@ -146,6 +146,24 @@ class VolumeRepository:
     def set_volume(c: Tx, volume: VolumeRecord, values: Mapping[str, Any]) -> None:
         """Columns that are not the status: name, description, metadata, CHAP."""
         VOLUMES.update(c, volume.id, values)
+
+    # -- CHAP secrets at rest (tether.volume.secret_box) --------------------
+
+    @staticmethod
+    def chap_passwords(c: Tx) -> dict[str, str]:
+        """Every stored CHAP password (sealed, or clear from an older Tether) by volume."""
+        rows = c.execute(select(_V["id"], _V["chap_password"]).where(
+            _V["chap_password"].is_not(None)).order_by(_V["id"]))
+        return {vid: stored for vid, stored in rows}
+
+    @staticmethod
+    def replace_chap_password(c: Tx, volume_id: str, old: str, new: str) -> bool:
+        """Store ``new`` where the volume still holds ``old``; False when it no
+        longer does (another process got there first).  ``updated_at`` is
+        left alone: this is not a change the reconcile should see."""
+        done = c.execute(update(VOLUMES.table).where(
+            _V["id"] == volume_id, _V["chap_password"] == old).values(chap_password=new))
+        return bool(getattr(done, "rowcount", 0) == 1)
 
     # -- attachments ---------------------------------------------------------
 

@@ -148,8 +148,9 @@ def test_export_drift_is_synced(t: Tether, kind: str, change: dict[str, Any],
 def test_export_without_connected_attachment_is_removed(t: Tether) -> None:
     vid = t.create_volume(t.api())["id"]
     (vol,) = db_rows(t.db, models.Volume, id=vid)
+    password = t.embedded.volume.manager.box.open(vol.chap_password, vid)
     t.target.export(ExportSpec(vid, f"{t.conf.state_dir}/volumes/volume-{vid}",
-                               ChapCredentials(vol.chap_username, vol.chap_password)))
+                               ChapCredentials(vol.chap_username, password)))
     finding = repaired(t, "export-acl")
     assert finding["detail"] == "its target exists, but no attachment is connected"
     assert finding["outcome"]["text"] == "target removed (no attachment is connected)"

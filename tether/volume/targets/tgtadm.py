@@ -19,8 +19,12 @@ tgtadm otherwise.
 
 Errors carry tgtd's error as a code (:class:`AdminError`), whichever way the
 request went, so callers can tell "already exists" from a real failure.  A
-CHAP password goes to tgtd in the request body (never on a command line, so
-never in ``ps``) and never into a log line or an error message.
+CHAP password goes to tgtd in the request body, never on a command line
+(``/proc/<pid>/cmdline`` is readable by every local user): tgtadm takes it
+only as ``--password``, so :class:`CommandAdmin` sends a request that
+carries a secret over the socket itself, and refuses it when the socket is
+not reachable rather than run tgtadm with it.  Never in a log line or an
+error message either.
 """
 
 from __future__ import annotations
@@ -139,11 +143,14 @@ class TgtAdmin(Protocol):
 
 
 class CommandAdmin:
-    """Runs ``tgtadm`` for each request."""
+    """Runs ``tgtadm`` for each request, except one carrying a secret (a CHAP
+    password): that one goes over tgtd's socket (``secret_admin``)."""
 
-    def __init__(self, runner: Runner, control_port: int = 0) -> None:
+    def __init__(self, runner: Runner, control_port: int = 0,
+                 secret_admin: TgtAdmin | None = None) -> None:
         self.runner = runner
         self.control_port = control_port
+        self.secret_admin: TgtAdmin = secret_admin or SocketAdmin(control_port)
 
     def argv(self, req: Request) -> list[str]:
         argv = ["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", "--op", req.op]
@@ -159,13 +166,26 @@ class CommandAdmin:
         return argv
 
     def request(self, req: Request) -> str:
+        if req.secrets:
+            return self._by_socket(req)
         try:
-            return self.runner.run(self.argv(req), secrets=req.secrets).stdout
+            return self.runner.run(self.argv(req)).stdout
         except CommandError as exc:
             said = exc.stderr.strip().removeprefix("tgtadm:").strip()
             raise AdminError(f"tgtadm failed: {exc}", _CODE_OF_MESSAGE.get(said)) from None
         except OSError as exc:
             raise TargetError(f"cannot run tgtadm: {exc}") from None
+
+
+    def _by_socket(self, req: Request) -> str:
+        try:
+            return self.secret_admin.request(req)
+        except AdminError:
+            raise
+        except TargetError as exc:
+            raise TargetError(f"cannot {req.describe()}: tgtadm would show the password to "
+                              f"every local user on its command line, and tgtd's socket is not "
+                              f"usable ({exc})") from None
 
 
 class SocketAdmin:
@@ -257,8 +277,8 @@ class AutoAdmin:
 
     def __init__(self, runner: Runner, control_port: int = 0,
                  socket_admin: SocketAdmin | None = None) -> None:
-        self.command = CommandAdmin(runner, control_port)
         self.socket = socket_admin or SocketAdmin(control_port)
+        self.command = CommandAdmin(runner, control_port, self.socket)
         self.chosen: TgtAdmin | None = None
         self._lock = threading.Lock()
 

@@ -12,7 +12,7 @@ import pytest
 from tether.executor import CommandError, CommandResult
 from tether.volume.targets.base import ChapCredentials, ExportSpec, TargetError
 from tether.volume.targets.tgt import TgtTarget, parse_accounts, parse_show
-from tether.volume.targets.tgtadm import CommandAdmin
+from tether.volume.targets.tgtadm import CommandAdmin, Request
 
 VID = "6f1c2f0e-1d2b-4b8e-9a57-0c6f3f1e9d11"
 IQN = f"iqn.2010-10.org.tether:volume-{VID}"
@@ -85,9 +85,23 @@ class Runner:
         return CommandResult(tuple(args), 0, "", "")
 
 
+class SocketSide:
+    """Where CommandAdmin sends the requests that carry a password (tgtd's
+    socket): noted in the runner's call list, in order, marked as such."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def request(self, req: Request) -> str:
+        self.runner.calls.append(["socket", req.op, req.mode, *[
+            f"{k}={v}" for k, v in req.params]])
+        return ""
+
+
 def _driver(runner: Runner) -> TgtTarget:
     return TgtTarget(runner, "127.0.0.1", 3260, control_port=7,
-                     admin=CommandAdmin(runner, control_port=7))
+                     admin=CommandAdmin(runner, control_port=7,
+                                        secret_admin=SocketSide(runner)))
 
 
 CHAP = ChapCredentials("tetheruser1", "s3cretpassword16")
@@ -110,13 +124,14 @@ def test_new_export_sequence() -> None:
         ["--op", "new", "--mode", "target", "--tid", "2", "--targetname", IQN],
         ["--op", "new", "--mode", "logicalunit", "--tid", "2", "--lun", "1",
          "--backing-store", "/v/f", "--bstype", "rdwr"],
-        ["--op", "new", "--mode", "account", "--user", "tetheruser1", "--password",
-         "s3cretpassword16"],
+        ["socket", "new", "account", "user=tetheruser1", "password=s3cretpassword16"],
         ["--op", "bind", "--mode", "account", "--tid", "2", "--user", "tetheruser1"],
         ["--op", "bind", "--mode", "target", "--tid", "2", "--initiator-name", A],
         ["--op", "bind", "--mode", "target", "--tid", "2", "--initiator-name", B],
     ]
-    assert ("s3cretpassword16",) in runner.secrets_seen  # masked in every log line
+    # no command line carries the password (every local user can read them)
+    assert not [argv for argv in runner.calls if argv[0] != "socket"
+                and "s3cretpassword16" in " ".join(argv)]
 
 
 def test_existing_export_only_changes_the_acl_difference() -> None:
@@ -228,8 +243,7 @@ def test_stale_view_is_reloaded_and_the_change_retried() -> None:
         ["--op", "new", "--mode", "target", "--tid", "1", "--targetname", IQN],
         ["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
          "--backing-store", path, "--bstype", "rdwr"],
-        ["--op", "new", "--mode", "account", "--user", "tetheruser1", "--password",
-         "s3cretpassword16"],
+        ["socket", "new", "account", "user=tetheruser1", "password=s3cretpassword16"],
         ["--op", "bind", "--mode", "account", "--tid", "1", "--user", "tetheruser1"],
         ["--op", "bind", "--mode", "target", "--tid", "1", "--initiator-name", A],
         ["--op", "bind", "--mode", "target", "--tid", "1", "--initiator-name", B],

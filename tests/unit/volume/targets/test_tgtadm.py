@@ -310,3 +310,25 @@ def test_a_full_backlog_is_waited_for_not_an_error(tmp_path: Any) -> None:
     finally:
         answered.set()
         busy.close()
+
+
+def test_command_admin_sends_a_password_over_the_socket_never_on_a_command_line(
+        tgtd: FakeTgtd) -> None:
+    runner = Runner()
+    tgtd.answer()
+    admin = CommandAdmin(runner, 3, secret_admin=SocketAdmin(path=tgtd.path))
+    admin.request(Request("new", "account", params=(("user", "u1"), ("password", "s3cret-pw")),
+                          secrets=("s3cret-pw",)))
+    assert b"password=s3cret-pw" in tgtd.requests[0]
+    assert not [argv for argv in runner.calls if "s3cret-pw" in " ".join(argv)]
+
+
+def test_command_admin_refuses_a_password_when_the_socket_is_unusable(tmp_path: Any) -> None:
+    runner = Runner()
+    admin = CommandAdmin(runner, 3, secret_admin=SocketAdmin(path=str(tmp_path / "none")))
+    with pytest.raises(TargetError, match="command line") as err:
+        admin.request(Request("new", "account", params=(("user", "u1"),
+                                                          ("password", "s3cret-pw")),
+                              secrets=("s3cret-pw",)))
+    assert "s3cret-pw" not in str(err.value)
+    assert not [argv for argv in runner.calls if "s3cret-pw" in " ".join(argv)]
