@@ -78,11 +78,12 @@ class VolumeAPI:
         return vol
 
     def _attachment(self, c: Tx, ctx: RequestContext, attachment_id: str,
-                    rule: str = "attachment:get") -> tuple[AttachmentRecord, VolumeRecord]:
+                    rule: str = "tether:volume:attachment_get"
+                    ) -> tuple[AttachmentRecord, VolumeRecord]:
         both = self.repo.attachment_and_volume(c, attachment_id) if _is_uuid(
             attachment_id) else None
         if both is None or both[0].deleted or not policy.allowed(
-                ctx, "attachment:get", both[1].project_id):
+                ctx, "tether:volume:attachment_get", both[1].project_id):
             raise AttachmentNotFound(attachment_id)
         att, vol = both
         policy.authorize(ctx, rule, vol.project_id)
@@ -108,11 +109,12 @@ class VolumeAPI:
                      limit: int | None = None, marker: str | None = None) -> list[VolumeRecord]:
         policy.authorize(ctx, "volume:get_all")
         if all_projects:
-            policy.authorize(ctx, "volume:all_projects")
+            policy.authorize(ctx, "tether:volume:all_projects")
         else:
             filters = {k: v for k, v in filters.items() if k != "project_id"}
         with self.repo.begin() as c:
             rows = self.repo.volumes(c, None if all_projects else ctx.project_id, filters)
+        rows = [r for r in rows if policy.visible(ctx, "volume:get", r.project_id)]
         if marker is not None:
             ids = [r.id for r in rows]
             if marker not in ids:
@@ -189,7 +191,7 @@ class VolumeAPI:
         if mode not in ("rw", "ro"):
             raise InvalidInput(f"Invalid attach mode {mode!r}: expected 'rw' or 'ro'.")
         with self.repo.begin() as c:
-            vol = self._volume(c, ctx, volume_id, "attachment:create")
+            vol = self._volume(c, ctx, volume_id, "volume:attachment_create")
             event = "reserve_multiattach" if vol.multiattach else "reserve"
             if (not vol.multiattach and instance_uuid is not None
                     and vol.status != vol_states.AVAILABLE
@@ -207,7 +209,7 @@ class VolumeAPI:
     def attachment_update(self, ctx: RequestContext, attachment_id: str,
                           connector: Connector) -> AttachmentResult:
         with self.repo.begin() as c:
-            att, vol = self._attachment(c, ctx, attachment_id, "attachment:update")
+            att, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_update")
             att_states.MACHINE.check("connect", {"attach_status": att.attach_status}, att.id)
             if not (vol.status == vol_states.IN_USE and vol.multiattach):
                 # (a multiattach volume already in use stays in-use)
@@ -236,7 +238,7 @@ class VolumeAPI:
     def attachment_complete(self, ctx: RequestContext, attachment_id: str) -> None:
         """Idempotent: completing an attached attachment again changes nothing."""
         with self.repo.begin() as c:
-            att, vol = self._attachment(c, ctx, attachment_id, "attachment:complete")
+            att, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_complete")
             att_states.MACHINE.check("complete", {"attach_status": att.attach_status}, att.id)
             if att.attach_status == att_states.ATTACHED:
                 return
@@ -252,14 +254,14 @@ class VolumeAPI:
         """Remove an attachment: its initiator leaves the ACL (the target goes
         with the last one), then the volume settles.  Returns what remains."""
         with self.repo.begin() as c:
-            att, vol = self._attachment(c, ctx, attachment_id, "attachment:delete")
+            att, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_delete")
             ask = self._ask_compute(ctx, att)
             if not ask:
                 removed = self._mark_detached(c, [att])
         if ask:
             self._check_deletion_allowed(att)  # (asks compute: outside a transaction)
             with self.repo.begin() as c:
-                att, vol = self._attachment(c, ctx, attachment_id, "attachment:delete")
+                att, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_delete")
                 removed = self._mark_detached(c, [att])
         return self._sync_and_settle(ctx, vol, removed)
 
@@ -326,9 +328,9 @@ class VolumeAPI:
 
     def attachment_list(self, ctx: RequestContext, filters: dict[str, str],
                         all_projects: bool = False) -> list[AttachmentRecord]:
-        policy.authorize(ctx, "attachment:get_all")
+        policy.authorize(ctx, "tether:volume:attachment_get_all")
         if all_projects:
-            policy.authorize(ctx, "volume:all_projects")
+            policy.authorize(ctx, "tether:volume:all_projects")
         with self.repo.begin() as c:
             return self.repo.attachments(c, None if all_projects else ctx.project_id, filters)
 

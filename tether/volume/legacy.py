@@ -19,6 +19,7 @@ from tether.db.api import Tx
 from tether.db.models import utcnow
 from tether.db.records import AttachmentRecord
 from tether.exceptions import AttachmentNotFound, InvalidInput, InvalidVolume
+from tether.policies.block_storage import ACTIONS, ADMIN_ACTIONS
 from tether.states import attachment as att_states
 from tether.states import volume as vol_states
 from tether.volume.api import VolumeAPI
@@ -33,13 +34,13 @@ class LegacyActions:
 
     def reserve(self, ctx: RequestContext, volume_id: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:reserve")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "reserve")
             event = "legacy_reserve_multiattach" if vol.multiattach else "legacy_reserve"
             self.api.transition(c, vol, event)
 
     def unreserve(self, ctx: RequestContext, volume_id: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:unreserve")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "unreserve")
             if vol.status not in (vol_states.ATTACHING, vol_states.RESERVED):
                 raise InvalidVolume(f"Volume {vol.id} must be attaching or reserved to "
                                     f"unreserve, but it is {vol.status}.")
@@ -47,13 +48,13 @@ class LegacyActions:
 
     def begin_detaching(self, ctx: RequestContext, volume_id: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:begin_detaching")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "begin_detaching")
             self.api.transition(c, vol, "begin_detaching")
 
     def roll_detaching(self, ctx: RequestContext, volume_id: str) -> None:
         """Idempotent: a volume already back in use is left alone."""
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:roll_detaching")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "roll_detaching")
             if vol.status != vol_states.IN_USE:
                 self.api.transition(c, vol, "roll_detaching")
 
@@ -62,7 +63,7 @@ class LegacyActions:
         values = {"initiator": connector.initiator, "connector": connector.to_dict(),
                   "attached_host": connector.host or None}
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:initialize_connection")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "initialize_connection")
             if vol.status not in vol_states.ATTACHED_STATES:
                 raise InvalidVolume(f"Volume {vol.id} must be attaching, reserved or in-use "
                                     f"to initialize a connection, but it is {vol.status}.")
@@ -99,7 +100,7 @@ class LegacyActions:
         """The initiator stops being admitted for one of its connections (it
         stays admitted while another live attachment uses it)."""
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:terminate_connection")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "terminate_connection")
             rows = [r for r in self.repo.live_attachments(c, vol.id)
                     if r.initiator == connector.initiator]
             if not rows:
@@ -120,7 +121,7 @@ class LegacyActions:
     def attach(self, ctx: RequestContext, volume_id: str, instance_uuid: str | None,
                mountpoint: str | None, host_name: str | None, mode: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:attach")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "attach")
             pending = self.repo.pending_legacy(c, vol.id)
             att = next((a for a in pending if host_name is None
                         or a.attached_host in (None, host_name)), None)
@@ -143,7 +144,7 @@ class LegacyActions:
             return [a.id for a in self.repo.live_attachments(c, vol.id)]
 
     def detach(self, ctx: RequestContext, volume_id: str, attachment_id: str | None) -> None:
-        live = self._live_ids(ctx, volume_id, "volume:detach")
+        live = self._live_ids(ctx, volume_id, ACTIONS + "detach")
         if attachment_id is None:
             if len(live) != 1:
                 raise InvalidInput(f"Volume {volume_id} has {len(live)} attachments: name "
@@ -158,7 +159,7 @@ class LegacyActions:
         """Admin repair.  ``attach_status: detached`` also drops every
         attachment and the export (a volume's attach status is derived from
         its attachments, so that is what resetting it means here)."""
-        policy.authorize(ctx, "volume:reset_status")
+        policy.authorize(ctx, ADMIN_ACTIONS + "reset_status")
         if status is None and attach_status is None:
             raise InvalidInput("os-reset_status needs 'status' and/or 'attach_status'.")
         if status is not None and status not in vol_states.RESETTABLE:
@@ -181,7 +182,7 @@ class LegacyActions:
 
     def force_detach(self, ctx: RequestContext, volume_id: str,
                      attachment_id: str | None) -> None:
-        policy.authorize(ctx, "volume:force_detach")
+        policy.authorize(ctx, ADMIN_ACTIONS + "force_detach")
         live = self._live_ids(ctx, volume_id)
         if attachment_id is not None:
             if attachment_id not in live:
