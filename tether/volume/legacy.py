@@ -98,18 +98,23 @@ class LegacyActions:
     def terminate_connection(self, ctx: RequestContext, volume_id: str,
                              connector: Connector) -> None:
         """The initiator stops being admitted for one of its connections (it
-        stays admitted while another live attachment uses it)."""
+        stays admitted while another live attachment uses it).  Refused while
+        a server uses that connection, unless a service asks (CVE-2023-2088)."""
         with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, ACTIONS + "terminate_connection")
-            rows = [r for r in self.repo.live_attachments(c, vol.id)
-                    if r.initiator == connector.initiator]
-            if not rows:
-                LOG.info("terminate_connection: volume %s has no connection from %s",
-                         vol.id, connector.initiator)
+            row = self._connection(c, vol.id, connector)
+        if row is None:
+            LOG.info("terminate_connection: volume %s has no connection from %s",
+                     volume_id, connector.initiator)
+            return
+        self.api.check_not_in_use(ctx, [row])
+        with self.repo.begin() as c:
+            # (only if nobody changed it meanwhile: a concurrent terminate did the work)
+            if not self.repo.set_attachment(c, row, {"initiator": None}, {
+                    "initiator": row.initiator, "instance_uuid": row.instance_uuid,
+                    "deleted": False}):
+                LOG.info("terminate_connection: attachment %s changed meanwhile", row.id)
                 return
-            same_host = [r for r in rows if r.attached_host == (connector.host or None)]
-            row = (same_host or rows)[0]
-            self.repo.set_attachment(c, row, {"initiator": None})
         try:
             self.api.rpcapi.sync_export(ctx, vol.host or "", volume_id)
         except Exception:
@@ -117,6 +122,16 @@ class LegacyActions:
                 self.repo.set_attachment(c, row, {"initiator": row.initiator},
                                          {"initiator": None})
             raise
+
+    def _connection(self, c: Tx, volume_id: str, connector: Connector
+                    ) -> AttachmentRecord | None:
+        """The live attachment of ``connector``'s initiator a terminate ends
+        (the one of the same host first)."""
+        rows = [r for r in self.repo.live_attachments(c, volume_id)
+                if r.initiator == connector.initiator]
+        same_host = [r for r in rows if r.attached_host == (connector.host or None)]
+        found = same_host or rows
+        return found[0] if found else None
 
     def attach(self, ctx: RequestContext, volume_id: str, instance_uuid: str | None,
                mountpoint: str | None, host_name: str | None, mode: str) -> None:
@@ -137,28 +152,35 @@ class LegacyActions:
                 self.repo.apply(c, att_states.MACHINE, att, "legacy_attach", values={
                     "attached_host": host_name or att.attached_host, **values})
 
-    def _live_ids(self, ctx: RequestContext, volume_id: str, rule: str = "volume:get"
-                  ) -> list[str]:
+    def _live(self, ctx: RequestContext, volume_id: str, rule: str = "volume:get"
+              ) -> list[AttachmentRecord]:
         with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, rule)
-            return [a.id for a in self.repo.live_attachments(c, vol.id)]
+            return self.repo.live_attachments(c, vol.id)
 
     def detach(self, ctx: RequestContext, volume_id: str, attachment_id: str | None) -> None:
-        live = self._live_ids(ctx, volume_id, ACTIONS + "detach")
+        """Refused while a server uses the attachment, unless a service asks
+        (CVE-2023-2088)."""
+        live = self._live(ctx, volume_id, ACTIONS + "detach")
         if attachment_id is None:
             if len(live) != 1:
                 raise InvalidInput(f"Volume {volume_id} has {len(live)} attachments: name "
                                    "the one to detach with attachment_id.")
-            attachment_id = live[0]
-        if attachment_id not in live:
+            attachment_id = live[0].id
+        chosen = [a for a in live if a.id == attachment_id]
+        if not chosen:
             raise AttachmentNotFound(attachment_id)
-        self.api.remove_attachments(ctx, volume_id, [attachment_id])
+        self.api.check_not_in_use(ctx, chosen)
+        self.api.remove_attachments(ctx, volume_id, chosen)
 
     def reset_status(self, ctx: RequestContext, volume_id: str, status: str | None,
                      attach_status: str | None) -> None:
         """Admin repair.  ``attach_status: detached`` also drops every
         attachment and the export (a volume's attach status is derived from
-        its attachments, so that is what resetting it means here)."""
+        its attachments, so that is what resetting it means here).  Either
+        that or ``status: available`` on a volume a server still uses is
+        refused unless a service asks (CVE-2023-2088: the volume could be
+        detached, deleted or attached elsewhere under the guest)."""
         policy.authorize(ctx, ADMIN_ACTIONS + "reset_status")
         if status is None and attach_status is None:
             raise InvalidInput("os-reset_status needs 'status' and/or 'attach_status'.")
@@ -168,7 +190,9 @@ class LegacyActions:
         if attach_status not in (None, "detached"):
             raise InvalidInput(f"Invalid attach_status {attach_status!r}: only 'detached' "
                                "can be set (attachments are created by attaching).")
-        live = self._live_ids(ctx, volume_id)
+        live = self._live(ctx, volume_id)
+        if attach_status == "detached" or status == vol_states.AVAILABLE:
+            self.api.check_not_in_use(ctx, live)
         if attach_status == "detached" and live:
             LOG.warning("admin %s resets attach status of volume %s: dropping %d "
                         "attachment(s)", ctx.user_id, volume_id, len(live))
@@ -182,12 +206,15 @@ class LegacyActions:
 
     def force_detach(self, ctx: RequestContext, volume_id: str,
                      attachment_id: str | None) -> None:
+        """Admin repair: drop the volume's attachments (or one) and the export.
+        Refused for one a server still uses, unless a service asks."""
         policy.authorize(ctx, ADMIN_ACTIONS + "force_detach")
-        live = self._live_ids(ctx, volume_id)
+        live = self._live(ctx, volume_id)
         if attachment_id is not None:
-            if attachment_id not in live:
+            live = [a for a in live if a.id == attachment_id]
+            if not live:
                 raise AttachmentNotFound(attachment_id)
-            live = [attachment_id]
+        self.api.check_not_in_use(ctx, live)
         LOG.warning("admin %s force-detaches %d attachment(s) of volume %s", ctx.user_id,
                     len(live), volume_id)
         self.api.remove_attachments(ctx, volume_id, live)
