@@ -14,6 +14,10 @@ from oslo_policy import policy
 
 from tether.policies import base, block_storage, compute, image
 
+PUBLIC = ("/", "/v2", "/v2.1", "/v3", "/openapi.json", "/identity", "/identity/v3")
+"""Paths served without a token (version documents, the OpenAPI documents,
+the static identity discovery documents): no rule applies."""
+
 
 def list_rules() -> list[policy.RuleDefault]:
     """Every default, base rules first (what ``tether policy generate`` writes)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-from tether import policy
 from tether.connection import ConnectionInfo, Connector
 from tether.context import RequestContext
 from tether.db.api import Tx
@@ -181,7 +180,7 @@ class LegacyActions:
         that or ``status: available`` on a volume a server still uses is
         refused unless a service asks (CVE-2023-2088: the volume could be
         detached, deleted or attached elsewhere under the guest)."""
-        policy.authorize(ctx, ADMIN_ACTIONS + "reset_status")
+        live = self._live(ctx, volume_id, ADMIN_ACTIONS + "reset_status")  # 404, then 403
         if status is None and attach_status is None:
             raise InvalidInput("os-reset_status needs 'status' and/or 'attach_status'.")
         if status is not None and status not in vol_states.RESETTABLE:
@@ -190,7 +189,6 @@ class LegacyActions:
         if attach_status not in (None, "detached"):
             raise InvalidInput(f"Invalid attach_status {attach_status!r}: only 'detached' "
                                "can be set (attachments are created by attaching).")
-        live = self._live(ctx, volume_id)
         if attach_status == "detached" or status == vol_states.AVAILABLE:
             self.api.check_not_in_use(ctx, live)
         if attach_status == "detached" and live:
@@ -208,8 +206,7 @@ class LegacyActions:
                      attachment_id: str | None) -> None:
         """Admin repair: drop the volume's attachments (or one) and the export.
         Refused for one a server still uses, unless a service asks."""
-        policy.authorize(ctx, ADMIN_ACTIONS + "force_detach")
-        live = self._live(ctx, volume_id)
+        live = self._live(ctx, volume_id, ADMIN_ACTIONS + "force_detach")
         if attachment_id is not None:
             live = [a for a in live if a.id == attachment_id]
             if not live:
