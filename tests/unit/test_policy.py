@@ -17,7 +17,7 @@ from tests.harness import Tether
 from tether import config, policy
 from tether.cli import main
 from tether.context import RequestContext
-from tether.policies import PUBLIC, doc
+from tether.policies import PUBLIC, doc, list_rules
 
 ACTION = re.compile(r" \(.*\)$")
 
@@ -131,3 +131,51 @@ def test_policy_file_overrides_and_is_reread(tmp_path: Path) -> None:
     finally:
         policy.init(config.load(state_dir=str(tmp_path)))
     assert policy.allowed(MEMBER, "volume:get", "p1")
+
+
+def test_admin_only_fields_and_all_projects(tether: Tether) -> None:
+    """Rules that shape a response rather than allow a request (admin only)."""
+    covers = ("volume_extension:volume_host_attribute", "tether:volume:all_projects",
+              "os_compute_api:os-extended-server-attributes",
+              "os_compute_api:servers:detail:get_all_tenants",
+              "os_compute_api:os-lock-server:unlock:unlock_override",
+              "os_compute_api:os-flavor-extra-specs:show")
+    assert set(covers) <= {r.name for r in list_rules()}  # (named: docs/policy.md)
+    member, admin, other = tether.api("mia:pp1"), tether.api("admin:pp1"), tether.api("oz:pp2")
+    vid = tether.create_volume(member)["id"]
+    assert "os-vol-host-attr:host" not in member.get(f"/v3/volumes/{vid}").json["volume"]
+    assert "os-vol-host-attr:host" in admin.get(f"/v3/volumes/{vid}").json["volume"]
+    for path in ("/v3/volumes/detail", "/v3/volumes"):
+        mine = {v["id"] for v in other.get(path + "?all_tenants=1").json["volumes"]}
+        every = {v["id"] for v in admin.get(path + "?all_tenants=1").json["volumes"]}
+        assert vid not in mine and vid in every
+    assert all("os-vol-host-attr:host" not in v for v in member.get(
+        "/v3/volumes/detail").json["volumes"])
+    for path in ("/v3/attachments", "/v3/attachments/detail"):
+        assert other.get(path + "?all_tenants=1").status_code == 200
+    nova, nova_admin = tether.nova("mia:pp1"), tether.nova("admin:pp1")
+    sid = tether.create_server(nova)["id"]
+    assert "OS-EXT-SRV-ATTR:host" not in nova.get(f"/v2.1/servers/{sid}").json["server"]
+    assert "OS-EXT-SRV-ATTR:host" in nova_admin.get(f"/v2.1/servers/{sid}").json["server"]
+    assert all("OS-EXT-SRV-ATTR:host" not in s for s in nova.get(
+        "/v2.1/servers/detail").json["servers"])
+    assert nova.get("/v2.1/servers/detail?all_tenants=1").status_code == 403
+    assert sid in {s["id"] for s in nova_admin.get(
+        "/v2.1/servers/detail?all_tenants=1").json["servers"]}
+    # os_compute_api:os-lock-server:unlock:unlock_override: an admin's lock holds
+    assert nova_admin.post(f"/v2.1/servers/{sid}/action", {"lock": None}).status_code == 202
+    assert nova.post(f"/v2.1/servers/{sid}/action", {"unlock": None}).status_code == 409
+    assert nova_admin.post(f"/v2.1/servers/{sid}/action", {"unlock": None}).status_code == 202
+    # os_compute_api:os-flavor-extra-specs:show: allowed, then not found
+    reader = tether.nova("rita:pp1:reader")
+    res = reader.get("/v2.1/flavors/1/os-extra_specs/k")
+    assert res.status_code == 404 and "no extra specs" in res.text
+
+
+@pytest.mark.parametrize(("rule", "expect"), [
+    ("os_compute_api:os-instance-actions:events", (False, False, False, True, False)),
+    ("os_compute_api:os-flavor-extra-specs:show", (True, True, False, True, False)),
+])
+def test_personas_on_detail_rules(rule: str, expect: tuple[bool, ...]) -> None:
+    got = tuple(policy.allowed(c, rule, "p1") for c in (READER, MEMBER, OTHER, ADMIN, SERVICE))
+    assert got == expect
