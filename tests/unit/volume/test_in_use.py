@@ -114,3 +114,26 @@ def test_an_attachment_compute_does_not_hold_is_not_in_use(tether: Tether) -> No
     set_row(tether.db, models.BlockDeviceMapping, bdm.id,
             attachment_id="00000000-0000-4000-8000-000000000000")
     assert cinder.delete(f"/v3/attachments/{att['id']}").status_code == 200
+
+
+def test_a_detach_racing_the_check_finds_the_attachment_gone(tether: Tether) -> None:
+    """Two at once: while compute is asked about the member's delete, the
+    service deletes the attachment; the member's then answers 404 and nothing
+    is detached twice."""
+    _, cinder, _, vid = tether.server_with_volume()
+    att = _attachment(tether, cinder, vid)
+    api = tether.embedded.api.volume_api
+    asked = api.in_use
+
+    def service_wins(server: str, volume: str, attachment: str) -> bool:
+        assert tether.api(SERVICE).delete(f"/v3/attachments/{attachment}").status_code == 200
+        return False
+
+    api.in_use = service_wins
+    try:
+        res = cinder.delete(f"/v3/attachments/{att['id']}")
+    finally:
+        api.in_use = asked
+    assert res.status_code == 404, res.text
+    assert cinder.get(f"/v3/volumes/{vid}").json["volume"]["status"] == "available"
+    assert vid not in tether.target.exports()
