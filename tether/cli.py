@@ -175,6 +175,28 @@ def cmd_config(conf: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy(conf: Any, args: argparse.Namespace) -> int:
+    from tether.policies import doc
+
+    if args.action == "generate":
+        text = doc.sample_yaml()
+    elif args.action == "doc":
+        text = doc.document(args.tests)
+    else:
+        problem = doc.check(args.output, args.tests)
+        if problem is not None:
+            print(f"tether: {problem}", file=sys.stderr)
+            return 1
+        print(f"{args.output} is current")
+        return 0
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:  # a document of the repository: 0644 is right
+            f.write(text)
+    return 0
+
+
 def cmd_volume(conf: Any, args: argparse.Namespace) -> int:
     from tether.client import ApiClient
 
@@ -385,6 +407,21 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
                          "rotate-key: seal every secret with a new key in the key file "
                          "(stop the volume services first)")
     sp.set_defaults(func=cmd_secrets)
+
+    sp = sub.add_parser("policy", help="the API policy: sample file, docs/policy.md")
+    ps = sp.add_subparsers(dest="action", required=True)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for action, what, out in (
+            ("generate", "print every default rule as a sample policy.yaml", "-"),
+            ("doc", "write docs/policy.md (endpoints, rules, check strings, tests)",
+             os.path.join(repo, "docs", "policy.md")),
+            ("check", "fail unless docs/policy.md is current",
+             os.path.join(repo, "docs", "policy.md"))):
+        q = ps.add_parser(action, help=what)
+        q.add_argument("--output", default=out, help=f"file (default {out})")
+        q.add_argument("--tests", default=os.path.join(repo, "tests"),
+                       help="the test tree searched for each rule's tests")
+    sp.set_defaults(func=cmd_policy)
 
     sp = sub.add_parser("volume", help="volumes (through the Block Storage API)")
     vs = sp.add_subparsers(dest="action", required=True)

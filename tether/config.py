@@ -12,6 +12,7 @@ import socket
 from collections.abc import Sequence
 
 from oslo_config import cfg
+from oslo_policy import opts as policy_opts
 
 DEFAULT_STATE_DIR = "/var/lib/tether"
 DEFAULT_CONFIG_FILE = "/etc/tether/tether.conf"
@@ -175,6 +176,10 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(volume_opts, group="volume")
     conf.register_opts(compute_opts, group="compute")
     conf.register_opts(image_opts, group="image")
+    # oslo.policy's own: policy_file (YAML or JSON; relative to the config
+    # file's folder), policy_dirs, enforce_new_defaults
+    for group, opts in policy_opts.list_opts():
+        conf.register_opts(opts, group=group)
 
 
 def load(
@@ -275,4 +280,5 @@ def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
         ("volume", volume_opts),
         ("compute", compute_opts),
         ("image", image_opts),
+        *policy_opts.list_opts(),
     ]

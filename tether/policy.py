@@ -1,87 +1,33 @@
-"""Who may do what: every API handler checks one named rule.
+"""Who may do what: every API handler checks one named rule, through one
+oslo.policy ``Enforcer`` per process.
 
-Rules are checks over the caller's context and the target's project; the table
-is the single place an operator would look.  (A file-based override can come
-with Keystone; the names match Nova/Cinder's where they exist.)
+The defaults (``tether/policies``) are Nova's, Cinder's and Glance's rules in
+their secure-RBAC form; an operator overrides any of them in the policy file
+(``[oslo_policy] policy_file``, YAML or JSON), which is read again whenever
+it changes.  Handlers and services call :func:`authorize` (403 unless
+allowed), :func:`allowed` (a yes/no, for optional fields) and
+:func:`visible` (which rows of a listing the caller may see).
+
+The target of a check is the resource's project; a check with no resource
+(create, list) targets the caller's own project, as Nova and Cinder do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from typing import Any
+
+from oslo_config import cfg
+from oslo_policy import policy as oslo_policy
 
 from tether.context import RequestContext
+from tether.policies import list_rules
 
-Check = Callable[[RequestContext, str | None], bool]
-
-
-def _admin(ctx: RequestContext, _project: str | None) -> bool:
-    return ctx.is_admin
-
-
-def _service_or_admin(ctx: RequestContext, _project: str | None) -> bool:
-    return ctx.is_admin or ctx.is_service
-
-
-def _owner_or_admin(ctx: RequestContext, project: str | None) -> bool:
-    return ctx.privileged or project is None or project == ctx.project_id
-
-
-def _any_user(_ctx: RequestContext, _project: str | None) -> bool:
-    return True
-
-
-RULES: dict[str, Check] = {
-    # block storage
-    "volume:create": _any_user,
-    "volume:get": _owner_or_admin,
-    "volume:get_all": _any_user,
-    "volume:delete": _owner_or_admin,
-    "volume:update": _owner_or_admin,
-    "volume:all_projects": _admin,
-    "volume:reserve": _owner_or_admin,
-    "volume:unreserve": _owner_or_admin,
-    "volume:begin_detaching": _owner_or_admin,
-    "volume:roll_detaching": _owner_or_admin,
-    "volume:initialize_connection": _owner_or_admin,
-    "volume:terminate_connection": _owner_or_admin,
-    "volume:attach": _owner_or_admin,
-    "volume:detach": _owner_or_admin,
-    "volume:reset_status": _admin,
-    "volume:force_detach": _admin,
-    "volume:see_chap_secret": _service_or_admin,
-    "volume_type:get": _any_user,
-    "attachment:create": _owner_or_admin,
-    "attachment:get": _owner_or_admin,
-    "attachment:get_all": _any_user,
-    "attachment:update": _owner_or_admin,
-    "attachment:complete": _owner_or_admin,
-    "attachment:delete": _owner_or_admin,
-    # compute
-    "server:create": _any_user,
-    "server:get": _owner_or_admin,
-    "server:list": _any_user,
-    "server:all_projects": _admin,
-    "server:delete": _owner_or_admin,
-    "server:stop": _owner_or_admin,
-    "server:start": _owner_or_admin,
-    "server:lock": _owner_or_admin,
-    "server:shelve": _owner_or_admin,
-    "server:shelve_offload": _admin,
-    "server:unshelve": _owner_or_admin,
-    "server:unlock": _owner_or_admin,
-    "server:see_host": _admin,
-    "server:volume_attachments:index": _owner_or_admin,
-    "server:volume_attachments:show": _owner_or_admin,
-    "server:volume_attachments:create": _owner_or_admin,
-    "server:volume_attachments:update": _owner_or_admin,
-    "server:volume_attachments:delete": _owner_or_admin,
-    "server:instance_actions": _owner_or_admin,
-    "server:instance_actions:events:traceback": _admin,
-    "flavor:list": _any_user,
-    # images (a private image: its project and admins; public ones: everyone)
-    "image:get": _owner_or_admin,
-    "image:get_all": _any_user,
-}
+# Keystone's default implied roles: a token with admin also carries member
+# and reader.  Expanded here so that any identity source (noauth, the local
+# identity, a Keystone without implied roles) is judged alike.
+IMPLIED_ROLES = {"admin": ("member", "reader"), "manager": ("member", "reader"),
+                 "member": ("reader",)}
 
 
 class PolicyNotAuthorized(Exception):
@@ -90,13 +36,62 @@ class PolicyNotAuthorized(Exception):
         self.rule = rule
 
 
+_lock = threading.Lock()
+_enforcer: oslo_policy.Enforcer | None = None
+
+
+def init(conf: cfg.ConfigOpts) -> oslo_policy.Enforcer:
+    """Make this process's enforcer from ``conf`` (its ``[oslo_policy]``) and
+    check the policy file now, so a broken one stops the service at start
+    rather than failing requests."""
+    global _enforcer  # noqa: PLW0603 - one enforcer per process, as Nova's
+    enforcer = oslo_policy.Enforcer(conf)
+    enforcer.register_defaults(list_rules())
+    enforcer.load_rules()
+    with _lock:
+        _enforcer = enforcer
+    return enforcer
+
+
+def get_enforcer() -> oslo_policy.Enforcer:
+    """This process's enforcer; the defaults alone until :func:`init`."""
+    if _enforcer is None:
+        conf = cfg.ConfigOpts()
+        conf(args=[], default_config_files=[], default_config_dirs=[], use_env=False)
+        init(conf)
+    assert _enforcer is not None
+    return _enforcer
+
+
+def roles_with_implied(roles: tuple[str, ...] | list[str]) -> list[str]:
+    out = list(dict.fromkeys(roles))
+    for role in list(out):
+        out.extend(r for r in IMPLIED_ROLES.get(role, ()) if r not in out)
+    return out
+
+
+def credentials(ctx: RequestContext) -> dict[str, Any]:
+    """What rules are checked against (never the token itself: oslo.policy
+    logs credentials at debug level)."""
+    return {"user_id": ctx.user_id, "project_id": ctx.project_id,
+            "roles": roles_with_implied(ctx.roles), "is_admin": ctx.is_admin,
+            "service_roles": ["service"] if ctx.is_service else []}
+
+
 def authorize(ctx: RequestContext, rule: str, project_id: str | None = None) -> None:
     """Raise PolicyNotAuthorized unless ``ctx`` may apply ``rule`` to a
-    resource of ``project_id`` (None: no particular resource)."""
-    check = RULES.get(rule)
-    if check is None:
+    resource of ``project_id`` (None: no particular resource: the caller's
+    own project)."""
+    enforcer = get_enforcer()
+    if rule not in enforcer.registered_rules:
         raise KeyError(f"no policy rule {rule!r}")  # a programming error, not a client's
-    if not check(ctx, project_id):
+    target = {"project_id": ctx.project_id if project_id is None else project_id}
+    try:
+        with _lock:  # load_rules may swap the rule set under a concurrent check
+            ok = enforcer.enforce(rule, target, credentials(ctx))
+    except oslo_policy.InvalidScope:
+        ok = False
+    if not ok:
         raise PolicyNotAuthorized(rule)
 
 
@@ -106,3 +101,10 @@ def allowed(ctx: RequestContext, rule: str, project_id: str | None = None) -> bo
     except PolicyNotAuthorized:
         return False
     return True
+
+
+def visible(ctx: RequestContext, rule: str, project_id: str | None) -> bool:
+    """Whether a listing shows the caller a row of ``project_id`` (the row's
+    own show rule: a policy file that hides a resource hides it from lists
+    too)."""
+    return allowed(ctx, rule, project_id)

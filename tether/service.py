@@ -21,7 +21,7 @@ from typing import Any
 from oslo_config import cfg
 from waitress.server import create_server
 
-from tether import config, statedir
+from tether import config, policy, statedir
 from tether.api import block_storage, compute, image
 from tether.api.auth import Authenticator, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
@@ -344,6 +344,7 @@ class ApiService:
                  volume_in_process: bool = False) -> None:
         self.conf = conf
         down = conf.compute.service_down_time
+        policy.init(conf)  # this process's enforcer: [oslo_policy] and its policy file
         auth = authenticator(conf)
         token = service_credentials(conf)
         volumes = VolumeRepository(db)

@@ -5,9 +5,11 @@ An :class:`Authenticator` turns a request's headers into the caller's
 ``[api] auth_strategy`` picks one:
 
 * ``noauth`` (:class:`NoAuth`) follows cinderclient's noauth convention: the
-  token is ``<user>:<project>``; a token without a colon (openstacksdk's
-  ``notused`` for ``auth_type: none``) is that user in the configured default
-  project; the configured admin user is an administrator; the service token
+  token is ``<user>:<project>``, optionally followed by ``:<role>,<role>``
+  (default member and reader, and admin for the configured admin user; never
+  service); a token without a colon (openstacksdk's ``notused`` for
+  ``auth_type: none``) is that user in the configured default project; the
+  service token
   identifies Tether's own services.  Anyone who can reach the port is whoever
   they claim to be, so it is refused on a bind address that is not loopback
   (:func:`check_bind`).
@@ -91,12 +93,28 @@ class NoAuth:
             return RequestContext("tether-service", "service", ("service", "admin"),
                                   is_admin=True, is_service=True, request_id=request_id,
                                   auth_token=token)
-        user, _, project = token.partition(":")
+        user, _, rest = token.partition(":")
+        project, _, role_list = rest.partition(":")
         project = project or self.default_project
         if not (_NAME_RE.match(user) and _NAME_RE.match(project)):
-            raise unauthorized("Invalid token: expected '<user>:<project>' made of "
-                               "letters, digits and _.@-")
-        is_admin = user == self.admin_user
-        roles = ("admin", "member", "reader") if is_admin else ("member", "reader")
-        return RequestContext(user, project, roles, is_admin=is_admin,
+            raise unauthorized("Invalid token: expected '<user>:<project>[:<role>,...]' made "
+                               "of letters, digits and _.@-")
+        roles = self._roles(user, role_list)
+        return RequestContext(user, project, roles, is_admin="admin" in roles,
                               request_id=request_id, auth_token=token)
+
+    def _roles(self, user: str, role_list: str) -> tuple[str, ...]:
+        """The token's roles (``user:project:reader``), else member and reader
+        (the admin user: admin too).  ``service`` is the service token's alone:
+        claiming it would pass the CVE-2023-2088 check."""
+        if not role_list:
+            return ("admin", "member", "reader") if user == self.admin_user else (
+                "member", "reader")
+        roles = tuple(dict.fromkeys(r for r in role_list.split(",") if r))
+        if not roles or not all(_NAME_RE.match(r) for r in roles):
+            raise unauthorized("Invalid token: roles after the project are a comma-separated "
+                               "list of names made of letters, digits and _.@-")
+        if "service" in roles:
+            raise unauthorized("Invalid token: the service role comes only with the service "
+                               "token ([api] service_token).")
+        return roles

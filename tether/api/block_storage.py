@@ -18,6 +18,7 @@ from tether.api.versions import VOLUME
 from tether.api.wsgi import WsgiApp
 from tether.connection import Connector
 from tether.context import RequestContext
+from tether.policies.block_storage import HOST_ATTRIBUTE
 from tether.policy import allowed
 from tether.volume.api import VolumeAPI
 from tether.volume.legacy import LegacyActions
@@ -63,7 +64,7 @@ def _all_projects(req: falcon.Request) -> bool:
     sends ``all_tenants=1`` whoever the caller is."""
     value = req.get_param("all_tenants") or req.get_param("all_projects")
     return (value is not None and _flag(value, "all_tenants")
-            and allowed(wsgi.caller(req), "volume:all_projects"))
+            and allowed(wsgi.caller(req), "tether:volume:all_projects"))
 
 
 def _limit(req: falcon.Request) -> int | None:
@@ -82,7 +83,7 @@ class _Base:
     def _detail(self, req: falcon.Request, vol: Any, ctx: RequestContext) -> dict[str, Any]:
         atts = self.api.live_attachments([vol.id])[vol.id]
         return views.volume_detail(vol, atts, wsgi.version(req), wsgi.base_url(req),
-                                   ctx.privileged)
+                                   allowed(ctx, HOST_ATTRIBUTE))
 
 
 class Volumes(_Base):
@@ -122,8 +123,9 @@ class VolumesDetail(_Base):
                              _all_projects(req), _limit(req), req.get_param("marker"))
         atts = self.api.live_attachments([v.id for v in vols])
         base, version = wsgi.base_url(req), wsgi.version(req)
+        show_host = allowed(ctx, HOST_ATTRIBUTE)
         wsgi.reply(resp, 200, {"volumes": [
-            views.volume_detail(v, atts[v.id], version, base, ctx.privileged) for v in vols]})
+            views.volume_detail(v, atts[v.id], version, base, show_host) for v in vols]})
 
 
 class Volume(_Base):
@@ -131,7 +133,7 @@ class Volume(_Base):
         ctx = wsgi.caller(req)
         vol, atts = self.api.get_with_attachments(ctx, volume_id)
         wsgi.reply(resp, 200, {"volume": views.volume_detail(
-            vol, atts, wsgi.version(req), wsgi.base_url(req), ctx.privileged)})
+            vol, atts, wsgi.version(req), wsgi.base_url(req), allowed(ctx, HOST_ATTRIBUTE))})
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, volume_id: str) -> None:
         ctx = wsgi.caller(req)
@@ -187,7 +189,7 @@ class Attachments(_Base):
                                             _connector(data.get("connector")), mode)
         wsgi.reply(resp, 200, {"attachment": views.attachment_detail(
             result.attachment, result.connection_info,
-            allowed(ctx, "volume:see_chap_secret"))})
+            allowed(ctx, "tether:volume:see_chap_secret"))})
 
 
 class AttachmentsDetail(_Base):
@@ -207,7 +209,7 @@ class Attachment(_Base):
         att, vol = self.api.attachment_get(ctx, attachment_id)
         info = self.api.connection_info_for(ctx, att, vol)
         wsgi.reply(resp, 200, {"attachment": views.attachment_detail(
-            att, info, allowed(ctx, "volume:see_chap_secret"))})
+            att, info, allowed(ctx, "tether:volume:see_chap_secret"))})
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, attachment_id: str) -> None:
         _require(req, "3.27", "The attachments API")
@@ -219,7 +221,7 @@ class Attachment(_Base):
                                             Connector.from_dict(data["connector"]))
         wsgi.reply(resp, 200, {"attachment": views.attachment_detail(
             result.attachment, result.connection_info,
-            allowed(ctx, "volume:see_chap_secret"))})
+            allowed(ctx, "tether:volume:see_chap_secret"))})
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, attachment_id: str) -> None:
         _require(req, "3.27", "The attachments API")
@@ -274,7 +276,7 @@ class VolumeAction:
         info = self.legacy.initialize_connection(ctx, vid, Connector.from_dict(
             args.get("connector")))
         return {"connection_info": info.to_dict(with_secret=allowed(
-            ctx, "volume:see_chap_secret"))}
+            ctx, "tether:volume:see_chap_secret"))}
 
     def _os_terminate_connection(self, ctx: RequestContext, vid: str,
                                  args: dict[str, Any]) -> None:

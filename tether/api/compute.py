@@ -47,7 +47,7 @@ class Flavors:
         self.detail = detail
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        authorize(wsgi.caller(req), "flavor:list")
+        authorize(wsgi.caller(req), "tether:compute:flavors")
         render = views.flavor_detail if self.detail else views.flavor_summary
         base, version = wsgi.base_url(req), wsgi.version(req)
         wsgi.reply(resp, 200, {"flavors": [render(f, base, version)
@@ -56,7 +56,7 @@ class Flavors:
 
 class Flavor:
     def on_get(self, req: falcon.Request, resp: falcon.Response, flavor_id: str) -> None:
-        authorize(wsgi.caller(req), "flavor:list")
+        authorize(wsgi.caller(req), "tether:compute:flavors")
         flavor = flavors.FLAVORS.get(flavor_id)
         if flavor is None:
             raise FlavorNotFound(flavor_id)
@@ -69,7 +69,7 @@ class FlavorExtraSpecs:
     ``openstack flavor show`` and ``flavor list --long`` read them)."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, flavor_id: str) -> None:
-        authorize(wsgi.caller(req), "flavor:list")
+        authorize(wsgi.caller(req), "os_compute_api:os-flavor-extra-specs:index")
         if flavor_id not in flavors.FLAVORS:
             raise FlavorNotFound(flavor_id)
         wsgi.reply(resp, 200, {"extra_specs": {}})
@@ -78,7 +78,7 @@ class FlavorExtraSpecs:
 class FlavorExtraSpec:
     def on_get(self, req: falcon.Request, resp: falcon.Response, flavor_id: str,
                key: str) -> None:
-        authorize(wsgi.caller(req), "flavor:list")
+        authorize(wsgi.caller(req), "os_compute_api:os-flavor-extra-specs:show")
         if flavor_id not in flavors.FLAVORS:
             raise FlavorNotFound(flavor_id)
         raise errors.not_found(f"Flavor {flavor_id} has no extra specs with key {key}.")
@@ -92,7 +92,7 @@ class _Base:
         ctx = wsgi.caller(req)
         bdms = self.api.volume_bdms([i.uuid for i in insts])
         base, version = wsgi.base_url(req), wsgi.version(req)
-        show_host = allowed(ctx, "server:see_host")
+        show_host = allowed(ctx, "os_compute_api:os-extended-server-attributes")
         return [views.server_detail(i, bdms[i.uuid], flavors.FLAVORS.get(i.flavor_id), base,
                                     version, show_host) for i in insts]
 
@@ -178,7 +178,7 @@ def _all_projects(req: falcon.Request) -> bool:
 class ServersDetail(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         insts = self.api.list_servers(wsgi.caller(req), _name_filter(req),
-                                      _all_projects(req))
+                                      _all_projects(req), rule="os_compute_api:servers:detail")
         wsgi.reply(resp, 200, {"servers": self._detail(req, insts)})
 
 
@@ -328,7 +328,7 @@ class InstanceAction(_Base):
         version = wsgi.version(req)
         view = self.api.get_action(ctx, _server_id(server_id), request_id,
                                    read_deleted=version.at_least("2.21"))
-        show_tb = allowed(ctx, "server:instance_actions:events:traceback")
+        show_tb = allowed(ctx, "os_compute_api:os-instance-actions:events")
         body = views.instance_action(view.action, version)
         body["events"] = [views.action_event(e, version, show_tb) for e in view.events]
         wsgi.reply(resp, 200, {"instanceAction": body})

@@ -34,8 +34,8 @@ def check(name_or_id: Any) -> None:
                            f"this service has one type, {NAME} (id {ID}).")
 
 
-def _find(type_id: str, req: falcon.Request) -> dict[str, Any]:
-    authorize(wsgi.caller(req), "volume_type:get")
+def _find(type_id: str, req: falcon.Request, rule: str) -> dict[str, Any]:
+    authorize(wsgi.caller(req), rule)
     if type_id in (NAME, ID) or (type_id == "default"
                                  and wsgi.version(req).at_least("3.62")):
         return view()
@@ -44,7 +44,7 @@ def _find(type_id: str, req: falcon.Request) -> dict[str, Any]:
 
 class VolumeTypes:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        authorize(wsgi.caller(req), "volume_type:get")
+        authorize(wsgi.caller(req), "volume_extension:type_get_all")
         wsgi.reply(resp, 200, {"volume_types": [view()]})
 
 
@@ -52,9 +52,10 @@ class VolumeType:
     """``GET /types/{id}``: by id or name, as Cinder; ``default`` from 3.62."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, type_id: str) -> None:
-        wsgi.reply(resp, 200, {"volume_type": _find(type_id, req)})
+        wsgi.reply(resp, 200, {"volume_type": _find(type_id, req, "volume_extension:type_get")})
 
 
 class VolumeTypeExtraSpecs:
     def on_get(self, req: falcon.Request, resp: falcon.Response, type_id: str) -> None:
-        wsgi.reply(resp, 200, {"extra_specs": _find(type_id, req)["extra_specs"]})
+        wsgi.reply(resp, 200, {"extra_specs": _find(
+            type_id, req, "volume_extension:types_extra_specs:index")["extra_specs"]})

@@ -143,10 +143,11 @@ class ComputeAPI:
     # -- lookups -------------------------------------------------------------
 
     def server(self, c: Tx, ctx: RequestContext, server_id: str,
-                rule: str = "server:get", read_deleted: bool = False) -> InstanceRecord:
+               rule: str = "os_compute_api:servers:show", read_deleted: bool = False
+               ) -> InstanceRecord:
         inst = self.repo.server(c, server_id)
         if inst is None or (inst.deleted and not read_deleted) or not policy.allowed(
-                ctx, "server:get", inst.project_id):
+                ctx, "os_compute_api:servers:show", inst.project_id):
             raise ServerNotFound(server_id)
         policy.authorize(ctx, rule, inst.project_id)
         return inst
@@ -156,12 +157,17 @@ class ComputeAPI:
             return self.server(c, ctx, server_id)
 
     def list_servers(self, ctx: RequestContext, name: str | None = None,
-                     all_projects: bool = False) -> list[InstanceRecord]:
-        policy.authorize(ctx, "server:list")
+                     all_projects: bool = False, rule: str = "os_compute_api:servers:index"
+                     ) -> list[InstanceRecord]:
+        """``rule``: the listing's (index or detail); ``all_projects`` also
+        needs its ``:get_all_tenants``."""
+        policy.authorize(ctx, rule)
         if all_projects:
-            policy.authorize(ctx, "server:all_projects")
+            policy.authorize(ctx, rule + ":get_all_tenants")
         with self.repo.begin() as c:
             rows = self.repo.servers(c, None if all_projects else ctx.project_id)
+        rows = [r for r in rows if policy.visible(ctx, "os_compute_api:servers:show",
+                                                  r.project_id)]
         if name is not None:
             pattern = re.compile(name)  # Nova treats the filter as a regex
             rows = [r for r in rows if pattern.search(r.name)]
@@ -186,7 +192,8 @@ class ComputeAPI:
 
     @staticmethod
     def check_unlocked(ctx: RequestContext, inst: InstanceRecord) -> None:
-        if inst.locked and not ctx.is_admin:  # admins act on locked servers, as in Nova
+        if inst.locked and not policy.allowed(  # admins act on locked servers, as in Nova
+                ctx, "os_compute_api:os-lock-server:unlock:unlock_override", inst.project_id):
             raise InstanceLocked(inst.uuid)
 
     def apply_event(self, c: Tx, inst: InstanceRecord, event: str,
@@ -222,7 +229,9 @@ class ComputeAPI:
                       root_volume: RootVolume | None = None) -> InstanceRecord:
         """A server with no OS, booting a local image, or booting a volume
         (which is reserved here and attached by the host as the boot disk)."""
-        policy.authorize(ctx, "server:create")
+        policy.authorize(ctx, "os_compute_api:servers:create")
+        if root_volume is not None:
+            policy.authorize(ctx, "os_compute_api:servers:create:attach_volume")
         flavor = flavors.find(flavor_ref)
         if flavor is None:
             raise FlavorNotFound(flavor_ref)
@@ -299,7 +308,7 @@ class ComputeAPI:
 
     def delete_server(self, ctx: RequestContext, server_id: str) -> None:
         with self.repo.begin() as c:
-            inst = self.server(c, ctx, server_id, "server:delete")
+            inst = self.server(c, ctx, server_id, "os_compute_api:servers:delete")
             self.check_unlocked(ctx, inst)
             if inst.task_state == srv_states.DELETING:
                 return  # under way (and finished by a recovery if its worker died)
@@ -335,7 +344,7 @@ class ComputeAPI:
     def power_action(self, ctx: RequestContext, server_id: str, event: str) -> None:
         """``stop`` or ``start``."""
         with self.repo.begin() as c:
-            inst = self.server(c, ctx, server_id, f"server:{event}")
+            inst = self.server(c, ctx, server_id, f"os_compute_api:servers:{event}")
             self.check_unlocked(ctx, inst)
             host = self.check_host_up(inst)
             self.apply_event(c, inst, event)
@@ -346,7 +355,7 @@ class ComputeAPI:
         """``shelve``, ``shelve_offload`` or ``unshelve`` (an offloaded server
         is unshelved on the least busy live host)."""
         with self.repo.begin() as c:
-            inst = self.server(c, ctx, server_id, f"server:{event}")
+            inst = self.server(c, ctx, server_id, f"os_compute_api:os-shelve:{event}")
             self.check_unlocked(ctx, inst)
             self.allowed(inst, event)
         host = inst.host if inst.host is not None else self._pick_host()
@@ -359,8 +368,11 @@ class ComputeAPI:
 
     def lock(self, ctx: RequestContext, server_id: str, locked: bool) -> None:
         with self.repo.begin() as c:
-            inst = self.server(c, ctx, server_id, "server:lock" if locked else "server:unlock")
-            if not locked and inst.locked and inst.locked_by == "admin" and not ctx.is_admin:
+            inst = self.server(c, ctx, server_id, "os_compute_api:os-lock-server:lock" if locked
+                             else "os_compute_api:os-lock-server:unlock")
+            override = policy.allowed(
+                ctx, "os_compute_api:os-lock-server:unlock:unlock_override", inst.project_id)
+            if not locked and inst.locked and inst.locked_by == "admin" and not override:
                 raise InstanceLocked(server_id)
             self.repo.set_server(c, inst, {
                 "locked": locked,
@@ -376,13 +388,15 @@ class ComputeAPI:
                      ) -> list[ActionRecord]:
         """``read_deleted``: a deleted server's too (microversion 2.21)."""
         with self.repo.begin() as c:
-            self.server(c, ctx, server_id, "server:instance_actions", read_deleted)
+            self.server(c, ctx, server_id, "os_compute_api:os-instance-actions:list",
+                        read_deleted)
             return self.repo.actions(c, server_id)
 
     def get_action(self, ctx: RequestContext, server_id: str, request_id: str,
                    read_deleted: bool = False) -> ActionView:
         with self.repo.begin() as c:
-            self.server(c, ctx, server_id, "server:instance_actions", read_deleted)
+            self.server(c, ctx, server_id, "os_compute_api:os-instance-actions:show",
+                        read_deleted)
             action = self.repo.action_by_request(c, server_id, request_id)
             if action is None:
                 raise ActionNotFound(server_id, request_id)

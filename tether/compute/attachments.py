@@ -72,7 +72,7 @@ class VolumeAttachmentAPI:
 
     def get(self, ctx: RequestContext, server_id: str, volume_id: str) -> BdmRecord:
         with self.repo.begin() as c:
-            self.c.server(c, ctx, server_id, "server:volume_attachments:show")
+            self.c.server(c, ctx, server_id, "os_compute_api:os-volumes-attachments:show")
             bdm = self.repo.live_bdm(c, server_id, volume_id)
         if bdm is None:
             raise VolumeNotAttached(server_id, volume_id)
@@ -80,14 +80,14 @@ class VolumeAttachmentAPI:
 
     def index(self, ctx: RequestContext, server_id: str) -> list[BdmRecord]:
         with self.repo.begin() as c:
-            self.c.server(c, ctx, server_id, "server:volume_attachments:index")
+            self.c.server(c, ctx, server_id, "os_compute_api:os-volumes-attachments:index")
             return [b for b in self.repo.live_bdms(c, server_id) if b.volume_id is not None]
 
     def set_delete_on_termination(self, ctx: RequestContext, server_id: str, volume_id: str,
                                   delete_on_termination: bool) -> BdmRecord:
         """Microversion 2.85: whether deleting the server deletes the volume."""
         with self.repo.begin() as c:
-            self.c.server(c, ctx, server_id, "server:volume_attachments:update")
+            self.c.server(c, ctx, server_id, "os_compute_api:os-volumes-attachments:update")
             bdm = self.repo.live_bdm(c, server_id, volume_id)
             if bdm is None:
                 raise VolumeNotAttached(server_id, volume_id)
@@ -100,7 +100,7 @@ class VolumeAttachmentAPI:
                allow_multiattach: bool) -> BdmRecord:
         started = utcnow()
         with self.repo.begin() as c:
-            inst = self.c.server(c, ctx, server_id, "server:volume_attachments:create")
+            inst = self.c.server(c, ctx, server_id, "os_compute_api:os-volumes-attachments:create")
         self.c.check_unlocked(ctx, inst)
         self.c.allowed(inst, "attach_volume")
         if inst.vm_state in srv_states.SHELVED_STATES:
@@ -225,7 +225,7 @@ class VolumeAttachmentAPI:
         operation, begin_detaching, the cast."""
         started = utcnow()
         with self.repo.begin() as c:  # read once; the errors still come in spec order
-            inst = self.c.server(c, ctx, server_id, "server:volume_attachments:delete")
+            inst = self.c.server(c, ctx, server_id, "os_compute_api:os-volumes-attachments:delete")
             bdm = self.repo.live_bdm(c, server_id, volume_id)
         if inst.vm_state in srv_states.SHELVED_STATES and not allow_shelved:
             raise InstanceInvalidState(

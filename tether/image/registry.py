@@ -76,7 +76,7 @@ class ImageRegistry:
     # -- reads (the API) -----------------------------------------------------------
 
     def list(self, ctx: RequestContext, name: str | None = None) -> list[ImageRecord]:
-        policy.authorize(ctx, "image:get_all")
+        policy.authorize(ctx, "get_images")
         q = by(IMAGES, _I["deleted"].is_(False), order=[_I["created_at"].desc(), _I["id"]])
         if not ctx.privileged:
             q = q.where(or_(_I["visibility"] == "public", _I["owner"] == ctx.project_id))
@@ -91,7 +91,7 @@ class ImageRegistry:
             row = IMAGES.get(c, image_id) if is_image_id(image_id) else None
         if (row is None or row.deleted
                 or (row.visibility != "public"
-                    and not policy.allowed(ctx, "image:get", row.owner))):
+                    and not policy.allowed(ctx, "get_image", row.owner))):
             raise ImageNotFound(image_id)
         return row
 

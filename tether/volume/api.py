@@ -43,7 +43,8 @@ from tether.volume.rpcapi import VolumeRpcApi
 LOG = logging.getLogger(__name__)
 
 MAX_SIZE_GIB = 16384
-InUseCheck = Callable[[str, str], bool]  # (instance_uuid, volume_id) -> still attached?
+# (instance_uuid, volume_id, attachment_id) -> does the server still use it?
+InUseCheck = Callable[[str, str, str], bool]
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,17 @@ class AttachmentResult:
     connection_info: ConnectionInfo | None
 
 
-def _never_in_use(_instance: str, _volume: str) -> bool:
+def _never_in_use(_instance: str, _volume: str, _attachment: str) -> bool:
     return False
+
+
+def _unchanged(checked: AttachmentRecord, now: AttachmentRecord) -> None:
+    """The attachment is still the one the in-use check was made for (a
+    connector or server arriving meanwhile would need another check)."""
+    if (now.instance_uuid, now.connector is None) != (
+            checked.instance_uuid, checked.connector is None):
+        raise Conflict(f"Volume attachment {now.id} changed while it was being detached; "
+                       "try again.")
 
 
 class VolumeAPI:
@@ -78,11 +88,12 @@ class VolumeAPI:
         return vol
 
     def _attachment(self, c: Tx, ctx: RequestContext, attachment_id: str,
-                    rule: str = "attachment:get") -> tuple[AttachmentRecord, VolumeRecord]:
+                    rule: str = "tether:volume:attachment_get"
+                    ) -> tuple[AttachmentRecord, VolumeRecord]:
         both = self.repo.attachment_and_volume(c, attachment_id) if _is_uuid(
             attachment_id) else None
         if both is None or both[0].deleted or not policy.allowed(
-                ctx, "attachment:get", both[1].project_id):
+                ctx, "tether:volume:attachment_get", both[1].project_id):
             raise AttachmentNotFound(attachment_id)
         att, vol = both
         policy.authorize(ctx, rule, vol.project_id)
@@ -108,11 +119,12 @@ class VolumeAPI:
                      limit: int | None = None, marker: str | None = None) -> list[VolumeRecord]:
         policy.authorize(ctx, "volume:get_all")
         if all_projects:
-            policy.authorize(ctx, "volume:all_projects")
+            policy.authorize(ctx, "tether:volume:all_projects")
         else:
             filters = {k: v for k, v in filters.items() if k != "project_id"}
         with self.repo.begin() as c:
             rows = self.repo.volumes(c, None if all_projects else ctx.project_id, filters)
+        rows = [r for r in rows if policy.visible(ctx, "volume:get", r.project_id)]
         if marker is not None:
             ids = [r.id for r in rows]
             if marker not in ids:
@@ -161,6 +173,11 @@ class VolumeAPI:
         ``deleting`` when it starts, if the cast was lost)."""
         with self.repo.begin() as c:
             vol = self._volume(c, ctx, volume_id, "volume:delete")
+            if any(a.connector is not None for a in self.repo.live_attachments(c, vol.id)):
+                # (a volume reset to error under a guest: deleting it would pull it)
+                raise InvalidVolume(f"Volume {volume_id} is {vol.status} but still has "
+                                    "connected attachments: detach it first (os-force_detach "
+                                    "for an attachment no server uses).")
             if vol.host is None:
                 raise ServiceUnavailable(f"Volume {volume_id} has no host to delete it on.")
             self.repo.apply(c, vol_states.MACHINE, vol, "delete")
@@ -189,7 +206,7 @@ class VolumeAPI:
         if mode not in ("rw", "ro"):
             raise InvalidInput(f"Invalid attach mode {mode!r}: expected 'rw' or 'ro'.")
         with self.repo.begin() as c:
-            vol = self._volume(c, ctx, volume_id, "attachment:create")
+            vol = self._volume(c, ctx, volume_id, "volume:attachment_create")
             event = "reserve_multiattach" if vol.multiattach else "reserve"
             if (not vol.multiattach and instance_uuid is not None
                     and vol.status != vol_states.AVAILABLE
@@ -207,7 +224,7 @@ class VolumeAPI:
     def attachment_update(self, ctx: RequestContext, attachment_id: str,
                           connector: Connector) -> AttachmentResult:
         with self.repo.begin() as c:
-            att, vol = self._attachment(c, ctx, attachment_id, "attachment:update")
+            att, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_update")
             att_states.MACHINE.check("connect", {"attach_status": att.attach_status}, att.id)
             if not (vol.status == vol_states.IN_USE and vol.multiattach):
                 # (a multiattach volume already in use stays in-use)
@@ -236,7 +253,7 @@ class VolumeAPI:
     def attachment_complete(self, ctx: RequestContext, attachment_id: str) -> None:
         """Idempotent: completing an attached attachment again changes nothing."""
         with self.repo.begin() as c:
-            att, vol = self._attachment(c, ctx, attachment_id, "attachment:complete")
+            att, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_complete")
             att_states.MACHINE.check("complete", {"attach_status": att.attach_status}, att.id)
             if att.attach_status == att_states.ATTACHED:
                 return
@@ -252,42 +269,61 @@ class VolumeAPI:
         """Remove an attachment: its initiator leaves the ACL (the target goes
         with the last one), then the volume settles.  Returns what remains."""
         with self.repo.begin() as c:
-            att, vol = self._attachment(c, ctx, attachment_id, "attachment:delete")
-            ask = self._ask_compute(ctx, att)
-            if not ask:
+            att, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_delete")
+            ask = self._may_be_in_use(ctx, att)
+            if not ask:  # nothing to ask compute: one transaction
                 removed = self._mark_detached(c, [att])
         if ask:
-            self._check_deletion_allowed(att)  # (asks compute: outside a transaction)
+            self.check_not_in_use(ctx, [att])
             with self.repo.begin() as c:
-                att, vol = self._attachment(c, ctx, attachment_id, "attachment:delete")
-                removed = self._mark_detached(c, [att])
+                now, vol = self._attachment(c, ctx, attachment_id, "volume:attachment_delete")
+                _unchanged(att, now)
+                removed = self._mark_detached(c, [now])
         return self._sync_and_settle(ctx, vol, removed)
 
     @staticmethod
-    def _ask_compute(ctx: RequestContext, att: AttachmentRecord) -> bool:
-        """CVE-2023-2088: whether a caller's deletion needs compute's word that
-        no guest still uses the attachment (never for Tether's own services)."""
+    def _may_be_in_use(ctx: RequestContext, att: AttachmentRecord) -> bool:
+        """Whether detaching ``att`` for ``ctx`` needs compute's word: a server's
+        connected attachment, and a caller who is not one of Tether's services
+        (as Cinder: only a request with the service role may pull one)."""
         return not (ctx.is_service or att.instance_uuid is None or att.connector is None)
 
-    def _check_deletion_allowed(self, att: AttachmentRecord) -> None:
-        # CVE-2023-2088: a user must not unmap a LUN a guest still uses
-        assert att.instance_uuid is not None
-        if self.in_use(att.instance_uuid, att.volume_id):
-            raise Conflict(f"Volume attachment {att.id} is in use by server "
-                           f"{att.instance_uuid}; detach the volume through the compute API "
-                           f"(DELETE /servers/{att.instance_uuid}/os-volume_attachments/"
-                           f"{att.volume_id}).")
+    def check_not_in_use(self, ctx: RequestContext, atts: list[AttachmentRecord]) -> None:
+        """CVE-2023-2088: refuse (409) a storage-side detach of an attachment a
+        server still uses (the server exists, is not being deleted and compute
+        records the volume attached to it), unless Tether's services ask.
+        Every path that drops an attachment or its export comes here first:
+        attachment delete, os-detach, os-terminate_connection, os-force_detach
+        and os-reset_status.  It asks compute: call it outside a transaction."""
+        for att in atts:
+            if not self._may_be_in_use(ctx, att):
+                continue
+            assert att.instance_uuid is not None
+            if self.in_use(att.instance_uuid, att.volume_id, att.id):
+                LOG.warning("refused %s's storage-side detach of attachment %s: server %s "
+                            "still uses volume %s", ctx.user_id, att.id, att.instance_uuid,
+                            att.volume_id)
+                raise Conflict(
+                    f"Volume attachment {att.id} is in use by server {att.instance_uuid}; "
+                    f"detach the volume through the compute API (DELETE /servers/"
+                    f"{att.instance_uuid}/os-volume_attachments/{att.volume_id}).")
 
     def remove_attachments(self, ctx: RequestContext, volume_id: str,
-                           attachment_ids: list[str]) -> list[AttachmentRecord]:
+                           checked: list[AttachmentRecord]) -> list[AttachmentRecord]:
         """Mark attachments detached, make the export match, settle the volume.
-        If the target cannot be updated, the attachments are restored."""
+        ``checked``: as :meth:`check_not_in_use` saw them (refused if one has
+        changed since).  If the target cannot be updated, they are restored."""
         with self.repo.begin() as c:
             vol = self.repo.volume(c, volume_id)
             if vol is None:
                 raise VolumeNotFound(volume_id)
-            rows = [self.repo.attachment(c, a) for a in attachment_ids]
-            removed = self._mark_detached(c, [r for r in rows if r is not None])
+            rows = []
+            for att in checked:
+                now = self.repo.attachment(c, att.id)
+                if now is not None and not now.deleted:
+                    _unchanged(att, now)
+                    rows.append(now)
+            removed = self._mark_detached(c, rows)
         return self._sync_and_settle(ctx, vol, removed)
 
     def _mark_detached(self, c: Tx, atts: list[AttachmentRecord]
@@ -326,9 +362,9 @@ class VolumeAPI:
 
     def attachment_list(self, ctx: RequestContext, filters: dict[str, str],
                         all_projects: bool = False) -> list[AttachmentRecord]:
-        policy.authorize(ctx, "attachment:get_all")
+        policy.authorize(ctx, "tether:volume:attachment_get_all")
         if all_projects:
-            policy.authorize(ctx, "volume:all_projects")
+            policy.authorize(ctx, "tether:volume:all_projects")
         with self.repo.begin() as c:
             return self.repo.attachments(c, None if all_projects else ctx.project_id, filters)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from tether import policy
 from tether.connection import ConnectionInfo, Connector
 from tether.context import RequestContext
 from tether.db.api import Tx
 from tether.db.models import utcnow
 from tether.db.records import AttachmentRecord
 from tether.exceptions import AttachmentNotFound, InvalidInput, InvalidVolume
+from tether.policies.block_storage import ACTIONS, ADMIN_ACTIONS
 from tether.states import attachment as att_states
 from tether.states import volume as vol_states
 from tether.volume.api import VolumeAPI
@@ -33,13 +33,13 @@ class LegacyActions:
 
     def reserve(self, ctx: RequestContext, volume_id: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:reserve")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "reserve")
             event = "legacy_reserve_multiattach" if vol.multiattach else "legacy_reserve"
             self.api.transition(c, vol, event)
 
     def unreserve(self, ctx: RequestContext, volume_id: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:unreserve")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "unreserve")
             if vol.status not in (vol_states.ATTACHING, vol_states.RESERVED):
                 raise InvalidVolume(f"Volume {vol.id} must be attaching or reserved to "
                                     f"unreserve, but it is {vol.status}.")
@@ -47,13 +47,13 @@ class LegacyActions:
 
     def begin_detaching(self, ctx: RequestContext, volume_id: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:begin_detaching")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "begin_detaching")
             self.api.transition(c, vol, "begin_detaching")
 
     def roll_detaching(self, ctx: RequestContext, volume_id: str) -> None:
         """Idempotent: a volume already back in use is left alone."""
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:roll_detaching")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "roll_detaching")
             if vol.status != vol_states.IN_USE:
                 self.api.transition(c, vol, "roll_detaching")
 
@@ -62,7 +62,7 @@ class LegacyActions:
         values = {"initiator": connector.initiator, "connector": connector.to_dict(),
                   "attached_host": connector.host or None}
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:initialize_connection")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "initialize_connection")
             if vol.status not in vol_states.ATTACHED_STATES:
                 raise InvalidVolume(f"Volume {vol.id} must be attaching, reserved or in-use "
                                     f"to initialize a connection, but it is {vol.status}.")
@@ -97,18 +97,23 @@ class LegacyActions:
     def terminate_connection(self, ctx: RequestContext, volume_id: str,
                              connector: Connector) -> None:
         """The initiator stops being admitted for one of its connections (it
-        stays admitted while another live attachment uses it)."""
+        stays admitted while another live attachment uses it).  Refused while
+        a server uses that connection, unless a service asks (CVE-2023-2088)."""
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:terminate_connection")
-            rows = [r for r in self.repo.live_attachments(c, vol.id)
-                    if r.initiator == connector.initiator]
-            if not rows:
-                LOG.info("terminate_connection: volume %s has no connection from %s",
-                         vol.id, connector.initiator)
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "terminate_connection")
+            row = self._connection(c, vol.id, connector)
+        if row is None:
+            LOG.info("terminate_connection: volume %s has no connection from %s",
+                     volume_id, connector.initiator)
+            return
+        self.api.check_not_in_use(ctx, [row])
+        with self.repo.begin() as c:
+            # (only if nobody changed it meanwhile: a concurrent terminate did the work)
+            if not self.repo.set_attachment(c, row, {"initiator": None}, {
+                    "initiator": row.initiator, "instance_uuid": row.instance_uuid,
+                    "deleted": False}):
+                LOG.info("terminate_connection: attachment %s changed meanwhile", row.id)
                 return
-            same_host = [r for r in rows if r.attached_host == (connector.host or None)]
-            row = (same_host or rows)[0]
-            self.repo.set_attachment(c, row, {"initiator": None})
         try:
             self.api.rpcapi.sync_export(ctx, vol.host or "", volume_id)
         except Exception:
@@ -117,10 +122,20 @@ class LegacyActions:
                                          {"initiator": None})
             raise
 
+    def _connection(self, c: Tx, volume_id: str, connector: Connector
+                    ) -> AttachmentRecord | None:
+        """The live attachment of ``connector``'s initiator a terminate ends
+        (the one of the same host first)."""
+        rows = [r for r in self.repo.live_attachments(c, volume_id)
+                if r.initiator == connector.initiator]
+        same_host = [r for r in rows if r.attached_host == (connector.host or None)]
+        found = same_host or rows
+        return found[0] if found else None
+
     def attach(self, ctx: RequestContext, volume_id: str, instance_uuid: str | None,
                mountpoint: str | None, host_name: str | None, mode: str) -> None:
         with self.repo.begin() as c:
-            vol = self.api._volume(c, ctx, volume_id, "volume:attach")
+            vol = self.api._volume(c, ctx, volume_id, ACTIONS + "attach")
             pending = self.repo.pending_legacy(c, vol.id)
             att = next((a for a in pending if host_name is None
                         or a.attached_host in (None, host_name)), None)
@@ -136,29 +151,36 @@ class LegacyActions:
                 self.repo.apply(c, att_states.MACHINE, att, "legacy_attach", values={
                     "attached_host": host_name or att.attached_host, **values})
 
-    def _live_ids(self, ctx: RequestContext, volume_id: str, rule: str = "volume:get"
-                  ) -> list[str]:
+    def _live(self, ctx: RequestContext, volume_id: str, rule: str = "volume:get"
+              ) -> list[AttachmentRecord]:
         with self.repo.begin() as c:
             vol = self.api._volume(c, ctx, volume_id, rule)
-            return [a.id for a in self.repo.live_attachments(c, vol.id)]
+            return self.repo.live_attachments(c, vol.id)
 
     def detach(self, ctx: RequestContext, volume_id: str, attachment_id: str | None) -> None:
-        live = self._live_ids(ctx, volume_id, "volume:detach")
+        """Refused while a server uses the attachment, unless a service asks
+        (CVE-2023-2088)."""
+        live = self._live(ctx, volume_id, ACTIONS + "detach")
         if attachment_id is None:
             if len(live) != 1:
                 raise InvalidInput(f"Volume {volume_id} has {len(live)} attachments: name "
                                    "the one to detach with attachment_id.")
-            attachment_id = live[0]
-        if attachment_id not in live:
+            attachment_id = live[0].id
+        chosen = [a for a in live if a.id == attachment_id]
+        if not chosen:
             raise AttachmentNotFound(attachment_id)
-        self.api.remove_attachments(ctx, volume_id, [attachment_id])
+        self.api.check_not_in_use(ctx, chosen)
+        self.api.remove_attachments(ctx, volume_id, chosen)
 
     def reset_status(self, ctx: RequestContext, volume_id: str, status: str | None,
                      attach_status: str | None) -> None:
         """Admin repair.  ``attach_status: detached`` also drops every
         attachment and the export (a volume's attach status is derived from
-        its attachments, so that is what resetting it means here)."""
-        policy.authorize(ctx, "volume:reset_status")
+        its attachments, so that is what resetting it means here).  Either
+        that or ``status: available`` on a volume a server still uses is
+        refused unless a service asks (CVE-2023-2088: the volume could be
+        detached, deleted or attached elsewhere under the guest)."""
+        live = self._live(ctx, volume_id, ADMIN_ACTIONS + "reset_status")  # 404, then 403
         if status is None and attach_status is None:
             raise InvalidInput("os-reset_status needs 'status' and/or 'attach_status'.")
         if status is not None and status not in vol_states.RESETTABLE:
@@ -167,7 +189,8 @@ class LegacyActions:
         if attach_status not in (None, "detached"):
             raise InvalidInput(f"Invalid attach_status {attach_status!r}: only 'detached' "
                                "can be set (attachments are created by attaching).")
-        live = self._live_ids(ctx, volume_id)
+        if attach_status == "detached" or status == vol_states.AVAILABLE:
+            self.api.check_not_in_use(ctx, live)
         if attach_status == "detached" and live:
             LOG.warning("admin %s resets attach status of volume %s: dropping %d "
                         "attachment(s)", ctx.user_id, volume_id, len(live))
@@ -181,12 +204,14 @@ class LegacyActions:
 
     def force_detach(self, ctx: RequestContext, volume_id: str,
                      attachment_id: str | None) -> None:
-        policy.authorize(ctx, "volume:force_detach")
-        live = self._live_ids(ctx, volume_id)
+        """Admin repair: drop the volume's attachments (or one) and the export.
+        Refused for one a server still uses, unless a service asks."""
+        live = self._live(ctx, volume_id, ADMIN_ACTIONS + "force_detach")
         if attachment_id is not None:
-            if attachment_id not in live:
+            live = [a for a in live if a.id == attachment_id]
+            if not live:
                 raise AttachmentNotFound(attachment_id)
-            live = [attachment_id]
+        self.api.check_not_in_use(ctx, live)
         LOG.warning("admin %s force-detaches %d attachment(s) of volume %s", ctx.user_id,
                     len(live), volume_id)
         self.api.remove_attachments(ctx, volume_id, live)

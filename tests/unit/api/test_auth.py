@@ -54,3 +54,24 @@ def test_noauth_only_on_loopback(strategy: str, host: str, ok: bool) -> None:
     else:
         with pytest.raises(AuthConfigError, match="not a loopback"):
             check_bind(strategy, host)
+
+
+@pytest.mark.parametrize(("token", "roles", "admin"), [
+    ("alice:p1", ("member", "reader"), False),
+    ("admin:p1", ("admin", "member", "reader"), True),
+    ("rita:p1:reader", ("reader",), False),
+    ("bob:p1:member,reader", ("member", "reader"), False),
+    ("boss:p1:admin", ("admin",), True),
+    ("admin:p1:reader", ("reader",), False),  # the roles given win, even for admin
+])
+def test_token_roles(token: str, roles: tuple[str, ...], admin: bool) -> None:
+    ctx = AUTH.authenticate(_h(token), "r")
+    assert (ctx.roles, ctx.is_admin, ctx.is_service) == (roles, admin, False)
+
+
+@pytest.mark.parametrize("token", ["eve:p1:service", "eve:p1:reader,service", "eve:p1:,",
+                                   "eve:p1:a b", "eve:p1:r\u00e9ader"])
+def test_bad_or_service_roles_are_401(token: str) -> None:
+    with pytest.raises(ApiError) as err:
+        AUTH.authenticate(_h(token), "r")
+    assert err.value.status == 401
