@@ -117,6 +117,8 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
                                      f"{_short(raw)}. Expected a non-negative integer.")
         return int(raw)
     if kind == "boolean":
+        if raw == "":  # ?all_tenants alone: present means yes, as in Nova and Cinder
+            return True
         if raw.lower() not in _TRUE | _FALSE:
             raise errors.bad_request(f"Invalid input for query parameters {name}. Value: "
                                      f"{_short(raw)}. Expected a boolean (true or false).")
@@ -130,14 +132,16 @@ def _short(value: Any, limit: int = _SHOWN) -> str:
 
 
 def message(error: ValidationError) -> str:
-    """Nova's wording: the field's path, the value refused and why."""
-    path = "/".join(str(p) for p in error.absolute_path)
+    """Nova's and Cinder's wording: the field (the innermost name on the path
+    to it), the value refused and why."""
+    path = [str(p) for p in error.absolute_path]
     reason = _short(error.message, 300)
-    if not path or error.validator in ("required", "additionalProperties"):
-        where = f"field/attribute {path}" if path else "request body"
-        return f"Invalid input for {where}: {reason}"
-    return (f"Invalid input for field/attribute {path}. Value: {_short(error.instance)}. "
-            f"{reason}")
+    if not path:
+        return f"Invalid input for request body: {reason}"
+    if error.validator in ("required", "additionalProperties", "minProperties"):
+        return f"Invalid input for field/attribute {path[-1]}: {reason}"
+    return (f"Invalid input for field/attribute {path[-1]}. Value: "
+            f"{_short(error.instance)}. {reason}")
 
 
 def read_json(req: falcon.Request) -> Any:
