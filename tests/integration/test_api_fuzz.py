@@ -18,14 +18,10 @@ refused one is that request's."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,84 +33,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from tests.harness import wait_for
-from tests.integration.daemons import free_port
-from tests.integration.serve import TETHER
+from tests.integration.fake_serve import FakeServe, fake_serve
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 SLOW = 5.0  # seconds: a response slower than this is a failure (a hang)
 MEMBER, ADMIN = "fuzzer:p-fuzz", "admin:admin"
 _QUIET_TABLES = ("services", "alembic_version")  # heartbeats change on their own
-
-
-@dataclass
-class FuzzServe:
-    state_dir: str
-    ports: dict[str, int]
-    proc: subprocess.Popen[bytes] | None = None
-    ids: dict[str, list[str]] = field(default_factory=dict)
-    # the database as the last refused request left it; None after an
-    # accepted one (wait until it is still again)
-    known: dict[str, list[tuple[Any, ...]]] | None = None
-
-    def url(self, api: str) -> str:
-        return f"http://127.0.0.1:{self.ports[api]}"
-
-
-def _write_config(state_dir: str) -> FuzzServe:
-    tag = uuid.uuid4().hex[:8]
-    serve = FuzzServe(state_dir, {"compute": free_port(), "volume": free_port(),
-                                  "image": free_port()})
-    with open(os.path.join(state_dir, "tether.conf"), "w") as f:
-        f.write(f"""[DEFAULT]
-host = fuzz-{tag}
-transport_url = tether-inproc://fuzz-{tag}
-[api]
-compute_port = {serve.ports["compute"]}
-volume_port = {serve.ports["volume"]}
-image_port = {serve.ports["image"]}
-default_project = p-fuzz
-[volume]
-target_driver = fake
-reconcile_interval = 0
-[compute]
-virt_driver = fake
-sweep_interval = 0
-initiator_iqn = iqn.2010-10.org.tether:fuzz-{tag}
-domain_prefix = tether-fuzz-{tag}-
-""")
-    return serve
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code < 500
-    except httpx.HTTPError:
-        return False
-
-
-@contextlib.contextmanager
-def _serve(state_dir: str) -> Iterator[FuzzServe]:
-    serve = _write_config(state_dir)
-    with open(os.path.join(state_dir, "serve.out"), "ab") as log:
-        serve.proc = subprocess.Popen(
-            [TETHER, "--config-file", os.path.join(state_dir, "tether.conf"),
-             "--state-dir", state_dir, "serve"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        proc = serve.proc
-        wait_for(lambda: all(_answers(serve.url(a)) for a in ("compute", "volume"))
-                 or proc.poll() is not None, 60, "tether serve up")
-        if proc.poll() is not None:
-            with open(os.path.join(state_dir, "serve.out")) as out:
-                raise AssertionError(f"tether serve exited:\n{out.read()}")
-        yield serve
-    finally:
-        if serve.proc is not None:
-            serve.proc.terminate()
-            try:
-                serve.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.proc.kill()
-                serve.proc.wait(timeout=10)
 
 
 def _snapshot(state_dir: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -144,7 +68,7 @@ def _still(state_dir: str) -> dict[str, list[tuple[Any, ...]]]:
     return dict(last[0])
 
 
-def _seed(serve: FuzzServe) -> None:
+def _seed(serve: FakeServe) -> None:
     """Real ids for path parameters: a server, volumes, an attachment."""
     hdrs = {"X-Auth-Token": MEMBER, "OpenStack-API-Version": "volume 3.71, compute 2.96"}
     with httpx.Client(headers=hdrs, timeout=30) as c:
@@ -191,7 +115,7 @@ class Findings:
                                  f"query={case.query} body={body} -> {detail[:300]}")
 
 
-def _run_case(serve: FuzzServe, api: str, case: Any, pick: int, found: Findings) -> None:
+def _run_case(serve: FakeServe, api: str, case: Any, pick: int, found: Findings) -> None:
     if pick and case.path_parameters:
         for name in case.path_parameters:
             choices = serve.ids.get(name)
@@ -232,7 +156,7 @@ def _run_case(serve: FuzzServe, api: str, case: Any, pick: int, found: Findings)
             found.add("refused but changed", case, f"{status} {res.text} tables {changed}")
 
 
-def _fuzz(serve: FuzzServe, api: str, found: Findings) -> None:
+def _fuzz(serve: FakeServe, api: str, found: Findings) -> None:
     schema = schemathesis.openapi.from_url(f"{serve.url(api)}/openapi.json")
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -252,7 +176,7 @@ def _fuzz(serve: FuzzServe, api: str, found: Findings) -> None:
 def test_fuzz_both_apis(tmp_path: Any) -> None:
     found = Findings()
     started = time.monotonic()
-    with _serve(str(tmp_path)) as serve:
+    with fake_serve(str(tmp_path)) as serve:
         _seed(serve)
         for api in ("volume", "compute"):
             _fuzz(serve, api, found)
