@@ -136,6 +136,14 @@ def message(error: ValidationError) -> str:
     to it), the value refused and why."""
     path = [str(p) for p in error.absolute_path]
     reason = _short(error.message, 300)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    if (not path and error.validator == "additionalProperties"
+            and isinstance(error.instance, dict) and schema.get("maxProperties") == 1):
+        # an action body (``schemas.actions``): name the action and the choice
+        known = list(schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        return _short(f"There is no such action: {', '.join(unknown)}; expected one of "
+                      f"{', '.join(known)}.", 500)
     if not path:
         return f"Invalid input for request body: {reason}"
     if error.validator in ("required", "additionalProperties", "minProperties"):
