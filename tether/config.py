@@ -50,6 +50,9 @@ api_opts = [
     cfg.StrOpt("default_project", default="demo",
                help="Project used for a noauth token without one (e.g. 'notused')."),
     cfg.IntOpt("threads", default=8, min=1, help="HTTP worker threads per API."),
+    cfg.IntOpt("max_request_body_size", default=114688, min=1,
+               help="Largest request body in bytes; larger ones are refused (413) before "
+                    "they are read, chunked ones after limit + 1 bytes."),
     cfg.StrOpt("volume_endpoint",
                help="Block Storage API URL the compute service calls; default "
                     "http://<bind_host>:<volume_port>/v3."),

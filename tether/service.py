@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from oslo_config import cfg
-from waitress.server import create_server
 
 from tether import config, policy, statedir
-from tether.api import block_storage, compute, image
+from tether.api import block_storage, compute, http, image
 from tether.api.auth import Authenticator, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
@@ -254,9 +253,9 @@ class HttpServer:
         self.server.task_dispatcher.shutdown()
 
 
-def serve_http(name: str, app: WsgiApp, host: str, port: int, threads: int) -> HttpServer:
-    server = create_server(app, host=host, port=port, threads=threads, ident="tether",
-                           clear_untrusted_proxy_headers=True)
+def serve_http(name: str, app: WsgiApp, host: str, port: int, threads: int,
+               max_body: int) -> HttpServer:
+    server = http.create(app, host, port, threads, max_body)
     thread = threading.Thread(target=server.run, name=f"http-{name}", daemon=True)
     thread.start()
     LOG.info("%s API listening on http://%s:%s", name, host, server.effective_port)
@@ -355,7 +354,8 @@ class ApiService:
                                     volume_host_picker(volumes, down),
                                     in_use=computes.server_uses_volume,
                                     shared_targets=conf.volume.shared_targets)
-        self.volume_app = auth.wrap(block_storage.create_app(self.volume_api, auth))
+        limit = conf.api.max_request_body_size
+        self.volume_app = auth.wrap(block_storage.create_app(self.volume_api, auth, limit))
         endpoint = config.volume_endpoint(conf)
         self.volume_transport: Transport = (
             WsgiTransport(self.volume_app, endpoint) if volume_in_process
@@ -366,8 +366,8 @@ class ApiService:
             ComputeRepository(db), ComputeRpcApi(rpc), self.volume_client,
             lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],
             default_bus=conf.compute.disk_bus, images=self.images)
-        self.compute_app = auth.wrap(compute.create_app(self.compute_api, auth))
-        self.image_app = auth.wrap(image.create_app(self.images, auth))
+        self.compute_app = auth.wrap(compute.create_app(self.compute_api, auth, limit))
+        self.image_app = auth.wrap(image.create_app(self.images, auth, limit))
         self.heartbeat = Heartbeat(db, conf.host, API_BINARY, "api")
         self.compute_api.ops.owner = self.heartbeat.incarnation
         self.recovery = ApiRecovery(db, self.compute_api, down,
@@ -384,12 +384,13 @@ class ApiService:
         if self.conf.compute.sweep_interval > 0:
             self.sweeper.start()
         api = self.conf.api
+        limit = api.max_request_body_size
         self.servers.append(serve_http("block-storage", self.volume_app, api.bind_host,
-                                       api.volume_port, api.threads))
+                                       api.volume_port, api.threads, limit))
         self.servers.append(serve_http("compute", self.compute_app, api.bind_host,
-                                       api.compute_port, api.threads))
+                                       api.compute_port, api.threads, limit))
         self.servers.append(serve_http("image", self.image_app, api.bind_host,
-                                       api.image_port, api.threads))
+                                       api.image_port, api.threads, limit))
 
     def stop(self) -> None:
         for srv in self.servers:

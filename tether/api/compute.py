@@ -4,9 +4,9 @@ microversion, call the compute service and render a view."""
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -14,17 +14,20 @@ import falcon
 from tether.api import compute_views as views
 from tether.api import errors, identity, openapi, wsgi
 from tether.api.auth import Authenticator
+from tether.api.name_filter import NameMatcher, compile_name_filter
 from tether.api.openapi import Operation
+from tether.api.schemas import compute as schemas
+from tether.api.validation import DEFAULT_MAX_BODY, body_of, query_of, validated
 from tether.api.versions import COMPUTE
 from tether.api.wsgi import WsgiApp
 from tether.compute import flavors
 from tether.compute.api import ComputeAPI, RootVolume
 from tether.compute.images import valid_image_ref
+from tether.context import RequestContext
 from tether.exceptions import FlavorNotFound, ServerNotFound
 from tether.policy import allowed, authorize
 
 COLLECTIONS = ("servers", "flavors", "os-volume_attachments")
-_TAG_RE = re.compile(r"^[^,/]{1,60}$")
 
 
 def _uuid(value: Any, what: str) -> str:
@@ -98,25 +101,19 @@ class _Base:
 
 
 class Servers(_Base):
+    @validated(query=schemas.SERVER_LIST)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         insts = self.api.list_servers(wsgi.caller(req), _name_filter(req),
                                       _all_projects(req))
         base = wsgi.base_url(req)
         wsgi.reply(resp, 200, {"servers": [views.server_summary(i, base) for i in insts]})
 
+    @validated(body=schemas.SERVER_CREATE)
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = wsgi.body(req, "server")
-        if not isinstance(data, dict):
-            raise errors.bad_request("Invalid server: expected an object.")
-        name = data.get("name")
-        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 255:
-            raise errors.bad_request("Invalid input for field/attribute name: a name of 1-255 "
-                                     "characters is required.")
-        flavor = data.get("flavorRef")
-        if not isinstance(flavor, str | int) or isinstance(flavor, bool):
-            raise errors.bad_request("Invalid input for field/attribute flavorRef: required.")
+        data = body_of(req)["server"]
+        name, flavor = data["name"], data["flavorRef"]
         image = data.get("imageRef") or None
-        if image is not None and (not isinstance(image, str) or not valid_image_ref(image)):
+        if image is not None and not valid_image_ref(image):
             raise errors.bad_request(f"Invalid imageRef {image!r}: name a file in the compute "
                                      "host's images directory (no path), or leave it out for "
                                      "a guest without an OS.")
@@ -135,7 +132,7 @@ def _root_volume(bdms: Any) -> RootVolume | None:
     """The one mapping Tether boots from: a volume at boot index 0."""
     if not bdms:
         return None
-    if not isinstance(bdms, list) or len(bdms) != 1 or not isinstance(bdms[0], dict):
+    if len(bdms) != 1:
         raise errors.bad_request("block_device_mapping_v2: give exactly one mapping, the boot "
                                  "volume; attach others with os-volume_attachments.")
     bdm = bdms[0]
@@ -143,39 +140,23 @@ def _root_volume(bdms: Any) -> RootVolume | None:
             or bdm.get("destination_type", "volume") != "volume"):
         raise errors.bad_request("block_device_mapping_v2: only a volume at boot_index 0 "
                                  "(source_type and destination_type 'volume') is supported.")
-    dot = _boolean(bdm.get("delete_on_termination", False),
-                   "block_device_mapping_v2.delete_on_termination")
-    return RootVolume(_uuid(bdm.get("uuid"), "block_device_mapping_v2.uuid"), dot)
+    return RootVolume(_uuid(bdm.get("uuid"), "block_device_mapping_v2.uuid"),
+                      bdm.get("delete_on_termination", False))
 
 
-def _boolean(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise errors.bad_request(f"Invalid input for field/attribute {what}: expected a "
-                                 "boolean.")
-    return value
-
-
-def _name_filter(req: falcon.Request) -> str | None:
-    """``?name=``: a regular expression, as in Nova (which answers 400 for an
-    invalid one)."""
-    name = req.get_param("name")
-    if name is not None:
-        try:
-            re.compile(name)
-        except re.error as e:
-            raise errors.bad_request(f"Invalid input for query parameters name. Value: "
-                                     f"{name}. It is not a valid regular expression "
-                                     f"({e}); escape special characters such as "
-                                     f"'[' with a backslash.") from None
-    return name
+def _name_filter(req: falcon.Request) -> NameMatcher | None:
+    """``?name=``: a regular expression, as in Nova (400 for an invalid one),
+    matched in linear time (``name_filter``)."""
+    name = query_of(req).get("name")
+    return None if name is None else compile_name_filter(name)
 
 
 def _all_projects(req: falcon.Request) -> bool:
-    value = req.get_param("all_tenants")
-    return value is not None and value.lower() not in ("0", "false", "no")
+    return bool(query_of(req).get("all_tenants"))
 
 
 class ServersDetail(_Base):
+    @validated(query=schemas.SERVER_LIST)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         insts = self.api.list_servers(wsgi.caller(req), _name_filter(req),
                                       _all_projects(req), rule="os_compute_api:servers:detail")
@@ -192,25 +173,26 @@ class Server(_Base):
         wsgi.reply(resp, 204)
 
 
+ServerActionFn = Callable[[ComputeAPI, RequestContext, str], None]
+SERVER_ACTIONS: dict[str, ServerActionFn] = {
+    "os-stop": lambda api, ctx, sid: api.power_action(ctx, sid, "stop"),
+    "os-start": lambda api, ctx, sid: api.power_action(ctx, sid, "start"),
+    "lock": lambda api, ctx, sid: api.lock(ctx, sid, True),
+    "unlock": lambda api, ctx, sid: api.lock(ctx, sid, False),
+    "shelve": lambda api, ctx, sid: api.shelve_action(ctx, sid, "shelve"),
+    "shelveOffload": lambda api, ctx, sid: api.shelve_action(ctx, sid, "shelve_offload"),
+    "unshelve": lambda api, ctx, sid: api.shelve_action(ctx, sid, "unshelve"),
+}
+"""The server actions: the only names POST .../action runs (the body's schema
+admits exactly these, so an unknown name is a 400 before dispatch)."""
+
+
 class ServerAction(_Base):
+    @validated(body=schemas.SERVER_ACTION)
     def on_post(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
         ctx, sid = wsgi.caller(req), _server_id(server_id)
-        data = wsgi.body(req)
-        if not isinstance(data, dict) or len(data) != 1:
-            raise errors.bad_request("Invalid action: expected one {\"<action>\": ...}.")
-        (name,) = data
-        if name == "os-stop":
-            self.api.power_action(ctx, sid, "stop")
-        elif name == "os-start":
-            self.api.power_action(ctx, sid, "start")
-        elif name in ("lock", "unlock"):
-            self.api.lock(ctx, sid, name == "lock")
-        elif name in ("shelve", "shelveOffload", "unshelve"):
-            event = {"shelve": "shelve", "shelveOffload": "shelve_offload",
-                     "unshelve": "unshelve"}[name]
-            self.api.shelve_action(ctx, sid, event)
-        else:
-            raise errors.bad_request(f"There is no such action: {name}.")
+        (name,) = body_of(req)
+        SERVER_ACTIONS[name](self.api, ctx, sid)
         wsgi.reply(resp, 202)
 
 
@@ -221,32 +203,15 @@ class VolumeAttachments(_Base):
         wsgi.reply(resp, 200, {"volumeAttachments": [
             views.volume_attachment(b, version) for b in bdms]})
 
+    @validated(body=schemas.VOLUME_ATTACH)
     def on_post(self, req: falcon.Request, resp: falcon.Response, server_id: str) -> None:
         sid, version = _server_id(server_id), wsgi.version(req)
-        data = wsgi.body(req, "volumeAttachment")
-        if not isinstance(data, dict):
-            raise errors.bad_request("Invalid volumeAttachment: expected an object.")
-        allowed_keys = {"volumeId", "device"}
-        if version.at_least("2.49"):
-            allowed_keys.add("tag")
-        if version.at_least("2.79"):
-            allowed_keys.add("delete_on_termination")
-        extra = sorted(set(data) - allowed_keys)
-        if extra:
-            raise errors.bad_request(f"Invalid input for volumeAttachment: additional "
-                                     f"properties are not allowed ({', '.join(extra)} "
-                                     f"unexpected at microversion {version}).")
-        volume_id = _uuid(data.get("volumeId"), "volumeId")
-        device = data.get("device")
-        if device is not None and not isinstance(device, str):
-            raise errors.bad_request("Invalid input for field/attribute device.")
-        tag = data.get("tag")
-        if tag is not None and (not isinstance(tag, str) or not _TAG_RE.match(tag)):
-            raise errors.bad_request("Invalid input for field/attribute tag: up to 60 "
-                                     "characters, without '/' or ','.")
-        dot = _boolean(data.get("delete_on_termination", False), "delete_on_termination")
-        bdm = self.api.attachments.attach(wsgi.caller(req), sid, volume_id, device or None, tag,
-                                     dot, allow_multiattach=version.at_least("2.60"))
+        data = body_of(req)["volumeAttachment"]
+        volume_id = _uuid(data["volumeId"], "volumeId")
+        bdm = self.api.attachments.attach(wsgi.caller(req), sid, volume_id,
+                                          data.get("device") or None, data.get("tag"),
+                                          data.get("delete_on_termination", False),
+                                          allow_multiattach=version.at_least("2.60"))
         wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(
             bdm, version, created=True)})
 
@@ -259,26 +224,20 @@ class VolumeAttachment(_Base):
         wsgi.reply(resp, 200, {"volumeAttachment": views.volume_attachment(
             bdm, wsgi.version(req))})
 
+    @validated(body=schemas.VOLUME_ATTACHMENT_UPDATE)
     def on_put(self, req: falcon.Request, resp: falcon.Response, server_id: str,
                volume_id: str) -> None:
         """From 2.85, the same volumeId: update delete_on_termination (the other
         members may be given but not changed).  A different volumeId, or any
         PUT before 2.85, is Nova's volume swap, which Tether does not do."""
         sid, version = _server_id(server_id), wsgi.version(req)
-        data = wsgi.body(req, "volumeAttachment")
-        if not isinstance(data, dict):
-            raise errors.bad_request("Invalid volumeAttachment: expected an object.")
-        new_volume = _uuid(data.get("volumeId"), "volumeId")
+        data = body_of(req)["volumeAttachment"]
+        new_volume = _uuid(data["volumeId"], "volumeId")
         if not version.at_least("2.85") or new_volume != volume_id:
             raise errors.bad_request(
                 "Swapping a server's volume for another is not supported: detach it and "
                 "attach the other.  To change delete_on_termination, PUT the same volumeId "
                 "with microversion 2.85 or later.")
-        extra = sorted(set(data) - {"volumeId", "delete_on_termination", "device", "tag",
-                                    "serverId", "id"})
-        if extra:
-            raise errors.bad_request(f"Invalid input for volumeAttachment: additional "
-                                     f"properties are not allowed ({', '.join(extra)}).")
         bdm = self.api.attachments.get(wsgi.caller(req), sid, volume_id)
         current = {"device": bdm.device_name, "tag": bdm.tag, "serverId": bdm.instance_uuid,
                    "id": bdm.volume_id}
@@ -288,8 +247,7 @@ class VolumeAttachment(_Base):
                                      f"be updated, not {', '.join(changed)}.")
         if "delete_on_termination" in data:
             self.api.attachments.set_delete_on_termination(
-                wsgi.caller(req), sid, volume_id,
-                _boolean(data["delete_on_termination"], "delete_on_termination"))
+                wsgi.caller(req), sid, volume_id, data["delete_on_termination"])
         wsgi.reply(resp, 202)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, server_id: str,
@@ -348,26 +306,26 @@ OPERATIONS = (
               "A flavor's extra specs (always none)", 200),
     Operation("GET", "/v2.1/flavors/{flavor_id}/os-extra_specs/{key}",
               "One extra spec of a flavor (never found)", 200),
-    Operation("GET", "/v2.1/servers", "List servers", 200, query=("name", "all_tenants")),
+    Operation("GET", "/v2.1/servers", "List servers", 200, query=schemas.SERVER_LIST),
     Operation("POST", "/v2.1/servers", "Create a server (no image: a guest without an OS; "
-              "imageRef: a local image file; or a boot volume)", 202, body=("server",)),
+              "imageRef: a local image file; or a boot volume)", 202,
+              body=schemas.SERVER_CREATE),
     Operation("GET", "/v2.1/servers/detail", "List servers with details", 200,
-              query=("name", "all_tenants")),
+              query=schemas.SERVER_LIST),
     Operation("GET", _S, "Show a server", 200),
     Operation("DELETE", _S, "Delete a server (detaches its volumes)", 204, errors=(409,)),
     Operation("POST", _S + "/action", "Server action: os-stop, os-start, lock, unlock, "
-              "shelve, shelveOffload, unshelve", 202,
-              body=("os-stop", "os-start", "lock", "unlock", "shelve", "shelveOffload",
-                    "unshelve"), errors=(409,)),
+              "shelve, shelveOffload, unshelve", 202, body=schemas.SERVER_ACTION,
+              errors=(409,)),
     Operation("GET", _S + "/os-volume_attachments", "List a server's volume attachments",
               200),
     Operation("POST", _S + "/os-volume_attachments", "Attach a volume", 200,
-              body=("volumeAttachment",), errors=(409,)),
+              body=schemas.VOLUME_ATTACH, errors=(409,)),
     Operation("GET", _S + "/os-volume_attachments/{volume_id}", "Show a volume attachment",
               200),
     Operation("PUT", _S + "/os-volume_attachments/{volume_id}", "Update "
               "delete_on_termination (the same volumeId; swapping volumes is not "
-              "supported)", 202, body=("volumeAttachment",), since="2.85"),
+              "supported)", 202, body=schemas.VOLUME_ATTACHMENT_UPDATE, since="2.85"),
     Operation("DELETE", _S + "/os-volume_attachments/{volume_id}", "Detach a volume", 202,
               errors=(409,)),
     Operation("GET", _S + "/device-metadata", "Tagged devices of a server", 200),
@@ -379,9 +337,11 @@ DESCRIPTION = ("Nova v2.1-compatible. Every /v2.1/... path is also served as "
                "/v2.1/{project_id}/...")
 
 
-def create_app(api: ComputeAPI, auth: Authenticator) -> WsgiApp:
+def create_app(api: ComputeAPI, auth: Authenticator,
+               max_body: int = DEFAULT_MAX_BODY) -> WsgiApp:
     app = wsgi.create_app(COMPUTE, auth, COLLECTIONS, server_fault="computeFault",
-                          root_status=200, public=(openapi.PATH, *identity.PUBLIC_PATHS))
+                          root_status=200, public=(openapi.PATH, *identity.PUBLIC_PATHS),
+                          max_body=max_body)
     app.add_route(openapi.PATH, openapi.OpenApiDocument(
         COMPUTE, "Tether Compute API", DESCRIPTION, OPERATIONS))
     identity.add_routes(app)

@@ -15,6 +15,8 @@ import falcon
 
 from tether.api import errors, wsgi
 from tether.api.auth import Authenticator
+from tether.api.schemas.image import IMAGE_LIST
+from tether.api.validation import DEFAULT_MAX_BODY, query_of, validated
 from tether.api.versions import IMAGE
 from tether.api.wsgi import WsgiApp
 from tether.db.records import ImageRecord
@@ -51,25 +53,24 @@ class Images:
     def __init__(self, registry: ImageRegistry) -> None:
         self.registry = registry
 
+    @validated(query=IMAGE_LIST)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        rows = self.registry.list(wsgi.caller(req), req.get_param("name"))
+        q = query_of(req)
+        rows = self.registry.list(wsgi.caller(req), q.get("name"))
         for key in _FILTERS:
-            value = req.get_param(key)
-            if value is not None:
-                rows = [r for r in rows if getattr(r, key) == value]
-        marker = req.get_param("marker")
+            if key in q:
+                rows = [r for r in rows if getattr(r, key) == q[key]]
+        marker = q.get("marker")
         if marker is not None:
             ids = [r.id for r in rows]
             if marker not in ids:
                 raise errors.bad_request(f"marker {marker}: no such image in this listing.")
             rows = rows[ids.index(marker) + 1:]
         body: dict[str, Any] = {"first": "/v2/images", "schema": "/v2/schemas/images"}
-        limit = req.get_param("limit")
+        limit = q.get("limit")
         if limit is not None:
-            if not limit.isdigit():
-                raise errors.bad_request(f"limit {limit!r}: expected a non-negative integer.")
-            more = len(rows) > int(limit)
-            rows = rows[:int(limit)]
+            more = len(rows) > limit
+            rows = rows[:limit]
             if more and rows:
                 body["next"] = f"/v2/images?limit={limit}&marker={rows[-1].id}"
         body["images"] = [image_view(r) for r in rows]
@@ -84,9 +85,10 @@ class Image:
         wsgi.reply(resp, 200, image_view(self.registry.get(wsgi.caller(req), image_id)))
 
 
-def create_app(registry: ImageRegistry, auth: Authenticator) -> WsgiApp:
+def create_app(registry: ImageRegistry, auth: Authenticator,
+               max_body: int = DEFAULT_MAX_BODY) -> WsgiApp:
     app = wsgi.create_app(IMAGE, auth, COLLECTIONS, server_fault="serverError",
-                          root_status=300)
+                          root_status=300, max_body=max_body)
     app.add_route("/v2/images", Images(registry))
     app.add_route("/v2/images/{image_id}", Image(registry))
     return app

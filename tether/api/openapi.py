@@ -17,6 +17,7 @@ import falcon
 
 from tether.api import wsgi
 from tether.api.errors import FAULT_NAMES
+from tether.api.validation import Body, Query
 from tether.api.versions import ApiVersions
 
 PATH = "/openapi.json"
@@ -29,8 +30,8 @@ class Operation:
     path: str  # a route template, e.g. /v3/volumes/{volume_id}
     summary: str
     status: int  # the success status
-    body: tuple[str, ...] = ()  # top-level keys of the JSON body; more than one: exactly one of
-    query: tuple[str, ...] = ()  # query parameters the handler reads
+    body: Body | None = None  # the JSON body's schema, the handler's own (@validated)
+    query: Query | None = None  # the query parameters the handler reads, likewise
     since: str | None = None  # the first microversion that has it
     public: bool = False  # served without a token
     errors: tuple[int, ...] = ()
@@ -43,20 +44,24 @@ def _fault_schema() -> dict[str, Any]:
             "additionalProperties": fault}
 
 
-def _body_schema(keys: tuple[str, ...]) -> dict[str, Any]:
-    props = {k: {"description": f"the {k!r} member"} for k in keys}
-    if len(keys) == 1:
-        return {"type": "object", "required": list(keys), "properties": props}
-    return {"type": "object", "minProperties": 1, "maxProperties": 1, "properties": props,
-            "additionalProperties": False}
+def _request_body(body: Body) -> dict[str, Any]:
+    """The schema of the newest microversion; the earlier ones (when the body
+    changed with a microversion) under ``x-openstack-microversions``."""
+    out: dict[str, Any] = {"required": True, "content": {
+        "application/json": {"schema": body.latest}}}
+    if len(body.variants) > 1:
+        out["x-openstack-microversions"] = [
+            {"since": since, "schema": schema} for since, schema in body.variants]
+    return out
 
 
 def _operation(op: Operation, versions: ApiVersions) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in _PARAM_RE.findall(op.path)]
-    params += [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-               for name in op.query]
+    if op.query is not None:
+        params += [{"name": name, "in": "query", "required": False, "schema": schema}
+                   for name, schema in op.query.params.items()]
     out: dict[str, Any] = {
         "operationId": f"{op.method.lower()}:{op.path}",
         "summary": op.summary,
@@ -74,8 +79,9 @@ def _operation(op: Operation, versions: ApiVersions) -> dict[str, Any]:
             "description": f"'{versions.service_type} X.Y' ({versions.minimum} to "
                            f"{versions.maximum}) or 'latest'; without it, "
                            f"{versions.minimum}",
-            "schema": {"type": "string"}})
-        for status in sorted({400, 401, 403, 404, *op.errors}):
+            "schema": {"type": "string", "maxLength": 64}})
+        for status in sorted({400, 401, 403, 404, *op.errors,
+                              *((413,) if op.body is not None else ())}):
             out["responses"][str(status)] = {
                 "description": FAULT_NAMES.get(status, "error"),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Fault"}}}}
@@ -83,9 +89,8 @@ def _operation(op: Operation, versions: ApiVersions) -> dict[str, Any]:
         out["x-openstack-min-microversion"] = op.since
         out["description"] = (f"Needs microversion {op.since} or later "
                               f"(OpenStack-API-Version: {versions.service_type} {op.since}).")
-    if op.body:
-        out["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": _body_schema(op.body)}}}
+    if op.body is not None:
+        out["requestBody"] = _request_body(op.body)
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import falcon
 
-from tether.api import errors
+from tether.api import errors, validation
 from tether.api.auth import Authenticator
 from tether.api.versions import ApiVersions, Version
 from tether.context import RequestContext, new_request_id
@@ -25,7 +25,9 @@ WsgiApp = falcon.App[falcon.Request, falcon.Response]
 
 class ApiMiddleware:
     def __init__(self, versions: ApiVersions, auth: Authenticator,
-                 collections: Iterable[str], public: Iterable[str] = ()) -> None:
+                 collections: Iterable[str], public: Iterable[str] = (),
+                 max_body: int = validation.DEFAULT_MAX_BODY) -> None:
+        self.max_body = max_body
         self.versions = versions
         self.auth = auth
         self.collections = frozenset(collections)
@@ -37,6 +39,11 @@ class ApiMiddleware:
         request_id = new_request_id()
         req.context.request_id = request_id
         resp.set_header("x-openstack-request-id", request_id)
+        # before anything else, the caller's identity included: a body over the
+        # limit is refused unread (bodies are read with this limit too)
+        req.context.max_body = self.max_body
+        if (req.content_length or 0) > self.max_body:
+            raise validation.too_large(self.max_body)
         url_project = self._strip_project(req)
         if req.path in self.public:
             req.context.public = True
@@ -93,10 +100,13 @@ class VersionDocument:
 
 
 def create_app(versions: ApiVersions, auth: Authenticator, collections: Iterable[str],
-               server_fault: str, root_status: int, public: Iterable[str] = ()) -> WsgiApp:
+               server_fault: str, root_status: int, public: Iterable[str] = (),
+               max_body: int = validation.DEFAULT_MAX_BODY) -> WsgiApp:
     """An app with the request pipeline, the error handlers and version discovery;
-    ``public``: more paths served without a token."""
-    app = falcon.App(middleware=[ApiMiddleware(versions, auth, collections, public)],
+    ``public``: more paths served without a token; ``max_body``: the largest
+    request body in bytes (413 beyond)."""
+    app = falcon.App(middleware=[ApiMiddleware(versions, auth, collections, public,
+                                               max_body)],
                      cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.default_media_type = falcon.MEDIA_JSON
@@ -114,24 +124,6 @@ def caller(req: falcon.Request) -> RequestContext:
 def version(req: falcon.Request) -> Version:
     v: Version = req.context.version
     return v
-
-
-def body(req: falcon.Request, key: str | None = None) -> Any:
-    """The JSON body (or its ``key`` member); 400 when absent or malformed."""
-    raw = req.bounded_stream.read()
-    if not raw:
-        if key is None:
-            return None
-        raise errors.bad_request(f"Missing request body: expected {{\"{key}\": {{...}}}}.")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise errors.bad_request("Malformed request body: not valid JSON.") from None
-    if key is None:
-        return data
-    if not isinstance(data, dict) or key not in data:
-        raise errors.bad_request(f"Malformed request body: expected {{\"{key}\": {{...}}}}.")
-    return data[key]
 
 
 def reply(resp: falcon.Response, status: int, payload: Any = None) -> None:
