@@ -22,6 +22,8 @@ from typing import Any
 # notice is about that library, not anything an operator can act on
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(oslo_|eventlet|futurist)")
+# dnspython, imported by eventlet, touches cryptography's DSA types at import time
+warnings.filterwarnings("ignore", message="DSA is deprecated")
 
 from tether import config  # noqa: E402 - after the warning filters above
 
