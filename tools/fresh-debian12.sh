@@ -54,6 +54,12 @@ say "root $ROOT from $BASE/base; /tether at $(git -C "$ROOT/tether" log -1 --for
 if [ "${FRESH_NO_CACHE:-}" != 1 ]; then
   mkdir -p "$ROOT/root/.cache/pip" "$ROOT/var/cache/tether-tests/tiny"
 fi
+# the host's trusted CAs, for pip: on a network whose TLS proxy the host trusts
+# through its own CA (as a new machine there would be set up), PyPI only
+# verifies with it; the Debian mirror is plain HTTP with signed lists
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/fresh-host-ca.crt"
+fi
 
 # -- what runs inside the namespaces ----------------------------------------------
 cat >"$RUN/inside.sh" <<'INSIDE'
@@ -93,7 +99,9 @@ step() {  # NAME COMMAND: run it in the root, time it, record pass/fail
   t0=$(date +%s)
   echo "fresh: == $name: $*"
   set +e
-  chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+  local ca=()
+  [ -f "$ROOT/etc/fresh-host-ca.crt" ] && ca=(PIP_CERT=/etc/fresh-host-ca.crt)
+  chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 "${ca[@]}" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /bin/bash -c "cd /tether && $*"
   rc=$?
