@@ -68,6 +68,9 @@ cat >"$RUN/inside.sh" <<'INSIDE'
 set -euo pipefail
 ROOT=$1 BASE=$2 RUN=$3; shift 3
 mount --make-rprivate /
+# the root a mount point of its own, as on a machine: libvirt makes "/" a slave
+# mount in each QEMU's namespace, which fails (EINVAL) on a plain chroot folder
+mount --bind "$ROOT" "$ROOT"
 hostname tether-fresh
 for i in $(seq 200); do ip link show tap0 >/dev/null 2>&1 && break; sleep 0.05; done
 ip link set lo up
@@ -122,6 +125,9 @@ chmod +x "$RUN/inside.sh"
 unshare --mount --pid --net --uts --ipc --fork --kill-child \
   env FRESH_NO_CACHE="${FRESH_NO_CACHE:-}" FRESH_ONLY="${FRESH_ONLY:-}" "$RUN/inside.sh" "$ROOT" "$BASE" "$RUN" "$@" &
 inside=$!
+# stopped (^C, kill): the namespace's first process dies, and with it every
+# process of the run (unshare itself does not pass the signal on)
+trap 'pkill -KILL -P "$inside" 2>/dev/null || true' INT TERM
 # unshare itself is in the new network namespace: give it a way out
 for i in $(seq 100); do
   [ "$(readlink "/proc/$inside/ns/net")" != "$(readlink /proc/self/ns/net)" ] && break
