@@ -17,7 +17,7 @@ import os
 import secrets
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,9 +193,11 @@ password_hash_rounds = 4
         assert res.status_code == 201, res.text
         return str(res.json()["project"]["id"])
 
-    def user(self, project: str, *roles: str, name: str | None = None) -> User:
+    def user(self, project: str, *roles: str, name: str | None = None,
+             password: str | None = None) -> User:
         """A new user with ``roles`` on ``project`` (made if absent)."""
-        user = User(name or f"u-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(12), project)
+        user = User(name or f"u-{uuid.uuid4().hex[:8]}", password or secrets.token_urlsafe(12),
+                    project)
         with self.admin() as c:
             user.project_id = self.project(c, project)
             res = c.post("/users", json={"user": {"name": user.name, "password": user.password,
@@ -213,18 +215,29 @@ password_hash_rounds = 4
 
 
 @contextlib.contextmanager
-def keystone(directory: str) -> Iterator[Keystone]:
-    """A running Keystone in ``directory``, stopped afterwards."""
+def keystone(directory: str, meanwhile: Callable[[], object] = lambda: None,
+             port: int | None = None) -> Iterator[Keystone]:
+    """A running Keystone in ``directory`` (on ``port``, default a free one),
+    stopped afterwards; ``meanwhile`` runs in another thread while Keystone is
+    being set up (starting what needs no Keystone yet: it takes a while)."""
     ensure_keystone_venv()
-    ks = Keystone(directory)
-    ks.setup()
-    ks.launch()  # its imports take a while: bootstrapped meanwhile
+    ks = Keystone(directory, port or free_port())
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(meanwhile)
+        try:
+            ks.setup()
+            ks.launch()  # its imports take a while: bootstrapped meanwhile
+            ks.bootstrap()
+            ks.wait_up()
+            with ks.admin() as c:
+                for role in ROLES:
+                    ks._role_id(c, role)
+        except BaseException:
+            ks.stop()
+            raise
+        finally:
+            other.result()
     try:
-        ks.bootstrap()
-        ks.wait_up()
-        with ks.admin() as c:
-            for role in ROLES:
-                ks._role_id(c, role)
         yield ks
     finally:
         ks.stop()
