@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,20 +180,15 @@ def stop(serve: Serve) -> None:
 
 
 @contextlib.contextmanager
-def tether_serve(state_dir: str, tgtd: Tgtd, extra: str = "",
-                 admin_token: Callable[[], str] = lambda: "admin:admin") -> Iterator[Serve]:
-    """``extra``: more configuration (see :func:`write_config`); ``admin_token``:
-    gives the administrator's token the clean-up uses (a Keystone one with
-    auth_strategy = keystone)."""
+def tether_serve(state_dir: str, tgtd: Tgtd, extra: str = "") -> Iterator[Serve]:
     serve = write_config(state_dir, tgtd, extra)
     start(serve)
     try:
         yield serve
     finally:
         try:
-            token = admin_token()
-            serve.delete_servers(token)
-            serve.delete_volumes(token)
+            serve.delete_servers("admin:admin")
+            serve.delete_volumes("admin:admin")
         finally:
             stop(serve)
 
