@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -38,6 +39,7 @@ LOG = logging.getLogger(__name__)
 _NONCE_ENV = "HTTP_X_TETHER_KEYSTONE_CHECKED"
 _NONCE_HEADER = "x-tether-keystone-checked"
 _REACHED = "tether.keystone.reached_app"
+_APP = "tether.keystone.app"
 
 StartResponse = Callable[..., Any]
 WsgiCallable = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -68,6 +70,21 @@ class KeystoneAuth:
         # proves to authenticate() that the identity headers were set by the
         # middleware of this process, not sent by a client
         self._nonce = secrets.token_urlsafe(24)
+        # one middleware for every API of the process (one token cache, one
+        # session with Keystone), in front of the app the request is for
+        self._protected: WsgiCallable | None = None
+        self._lock = threading.Lock()
+
+    def _shared(self) -> WsgiCallable:
+        with self._lock:
+            if self._protected is None:
+                def dispatch(environ: dict[str, Any], start_response: StartResponse
+                             ) -> Iterable[bytes]:
+                    app: WsgiCallable = environ[_APP]
+                    return app(environ, start_response)
+
+                self._protected = self._middleware(dispatch)
+            return self._protected
 
     def _auth_token(self, app: WsgiCallable) -> WsgiCallable:
         from keystonemiddleware import auth_token
@@ -91,7 +108,7 @@ class KeystoneAuth:
             result: Iterable[bytes] = app(environ, start_response)
             return result
 
-        protected = self._middleware(checked)
+        protected = self._shared()
 
         def guarded(environ: dict[str, Any], start_response: StartResponse
                     ) -> Iterable[bytes]:
@@ -100,6 +117,7 @@ class KeystoneAuth:
             if path in public or (path.rstrip("/") or "/") in public:
                 served: Iterable[bytes] = app(environ, start_response)
                 return served
+            environ[_APP] = checked
             return _answer(protected, environ, start_response)
 
         return guarded

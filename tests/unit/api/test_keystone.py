@@ -132,6 +132,21 @@ def test_public_paths_skip_the_middleware() -> None:
     assert seen == ["/v3/volumes"]
 
 
+def test_one_middleware_for_every_api() -> None:
+    """Compute, block storage and image share one token cache: a token the
+    compute API validated is not validated again by block storage."""
+    made: list[Any] = []
+
+    def counting(app: Any) -> Any:
+        made.append(app)
+        return confirming("u-1", "p-1", "member")(app)
+
+    auth = KeystoneAuth(None, counting)
+    first, second = auth.wrap(whoami(auth)), auth.wrap(whoami(auth))
+    assert call(first, {"X-Auth-Token": "t"})[0] == call(second, {"X-Auth-Token": "t"})[0] == 200
+    assert len(made) == 1
+
+
 def test_middleware_failure_is_503_json() -> None:
     def broken(app: Any) -> Any:
         def mw(environ: Environ, start_response: Any) -> Any:
