@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -39,7 +40,10 @@ class _FileAndStderr(logging.FileHandler):
             line = self.format(record) + self.terminator
             if self.stream is None:  # closed by close(): reopen, as FileHandler does
                 self.stream = self._open()
-            for stream in (self.stream, sys.stderr):
+            # (a failed command's traceback: the file only, its one line is on stderr)
+            streams = (self.stream,) if getattr(record, "file_only", False) else (
+                self.stream, sys.stderr)
+            for stream in streams:
                 stream.write(line)
                 stream.flush()
         except RecursionError:
@@ -257,8 +261,9 @@ def _server_command(nova: Any, cinder: Any, args: argparse.Namespace) -> int:
             srv = nova.wait_server(srv["id"], {"ACTIVE", "ERROR"})
         _print(srv, args.json)
     elif args.action == "list":
+        servers = nova.list_servers()  # (before the header: an error is the only line)
         print(f"{'ID':36}  {'NAME':20}  {'STATUS':8}  VOLUMES")
-        for s in nova.list_servers():
+        for s in servers:
             vols = ",".join(v["id"] for v in s["os-extended-volumes:volumes_attached"])
             print(f"{s['id']:36}  {s['name'][:20]:20}  {s['status']:8}  {vols}")
     elif args.action == "show":
@@ -296,8 +301,9 @@ def _server_command(nova: Any, cinder: Any, args: argparse.Namespace) -> int:
     elif args.action == "event":
         sid = nova.find_server(args.server)
         if args.request_id is None:
+            actions = nova.actions(sid)
             print(f"{'REQUEST ID':44}  {'ACTION':14}  {'START':26}  RESULT")
-            for a in nova.actions(sid):
+            for a in actions:
                 result = a.get("message") or ("Success" if a.get("finish_time") else "running")
                 print(f"{a['request_id']:44}  {a['action']:14}  {a['start_time']:26}  "
                       f"{result}")
@@ -386,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     p.add_argument("--config-file", help=f"INI file (default {config.DEFAULT_CONFIG_FILE} "
                                          "if it exists)")
     p.add_argument("--state-dir", help=f"state directory (default {config.DEFAULT_STATE_DIR})")
+    p.add_argument("--debug", action="store_true",
+                   help="a failed command's traceback (on stderr, after its one line)")
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN", "admin:admin"),
                    help="X-Auth-Token for client commands (noauth: user:project; "
                         "env TETHER_TOKEN)")
@@ -488,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     sp.add_argument("--repair", action="store_true",
                     help="fix what is safe to fix, say what was left, and audit again")
     sp.add_argument("--format", choices=["text", "json"], default="text")
-    sp.add_argument("--debug", action="store_true",
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                     help="a traceback when the audit cannot run")
     sp.set_defaults(func=cmd_audit)
 
@@ -496,6 +504,25 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     sp.add_argument("--keep", action="store_true", help="leave what the demo created")
     sp.set_defaults(func=cmd_demo)
     return p
+
+
+def failure(command: str, exc: Exception) -> str:
+    """What went wrong, in one line, and what to do about it when we know."""
+    from tether.client import ApiClientError, ApiUnreachable
+    from tether.exceptions import TetherError
+    from tether.virt.driver import VirtError
+    from tether.volume.targets.base import TargetError
+
+    if isinstance(exc, ApiUnreachable | ApiClientError | TetherError):
+        return str(exc)
+    if isinstance(exc, TargetError):
+        return (f"the iSCSI target is not usable ({exc}); is tgtd running? "
+                "(`tgtd`, or `tether demo`, which starts it)")
+    if isinstance(exc, VirtError):
+        return f"libvirt is not usable ({exc}); are virtlogd and libvirtd running?"
+    what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (f"{command} failed: {type(exc).__name__}{': ' + what if what else ''} "
+            "(--debug for the traceback)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,25 +540,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(conf, args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a clean message for operators; tracebacks go to the log
-        from tether.client import ApiClientError
-        from tether.exceptions import TetherError
-        from tether.virt.driver import VirtError
-        from tether.volume.targets.base import TargetError
-
-        if isinstance(exc, ApiClientError | TetherError):
-            print(f"tether: {exc}", file=sys.stderr)
-            return 1
-        if isinstance(exc, TargetError):
-            print(f"tether: the iSCSI target is not usable ({exc}); is tgtd running? "
-                  "(`tgtd`, or `tether demo`, which starts it)", file=sys.stderr)
-            return 1
-        if isinstance(exc, VirtError):
-            print(f"tether: libvirt is not usable ({exc}); are virtlogd and libvirtd "
-                  "running?", file=sys.stderr)
-            return 1
-        LOG.exception("tether %s failed", args.command)
-        raise
+    except Exception as exc:  # one line for operators; the traceback with --debug, and in
+        if args.debug:        # the log file when the command writes one
+            traceback.print_exc()
+        print(f"tether: {failure(args.command, exc)}", file=sys.stderr)
+        if logging.getLogger().handlers:
+            LOG.error("tether %s failed", args.command, exc_info=exc,
+                      extra={"file_only": True})
+        return 1
     return rc
 
 

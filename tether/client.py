@@ -3,6 +3,7 @@ the compute service gets its own Block Storage client)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -16,6 +17,33 @@ class ApiClientError(Exception):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+class ApiUnreachable(Exception):
+    """An API gave no answer at all (refused, timed out, no route ...)."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(f"cannot reach {endpoint} ({reason}); is `tether serve` running?")
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """``[Errno 111] Connection refused`` -> ``connection refused``."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc).strip().splitlines()[-1] if str(exc)
+                  else type(exc).__name__)
+    return text[:1].lower() + text[1:]
+
+
+def _send(http: httpx.Client, endpoint: str, method: str, url: str,
+          **kwargs: Any) -> httpx.Response:
+    """``http.request`` with a transport failure as :class:`ApiUnreachable`."""
+    try:
+        return http.request(method, url, **kwargs)
+    except httpx.TransportError as exc:
+        raise ApiUnreachable(endpoint, _reason(exc)) from exc
 
 
 def _error(resp: httpx.Response) -> ApiClientError:
@@ -89,8 +117,8 @@ class ApiClient(_Closing):
 
     def _volume(self, method: str, path: str, json: Any = None,
                 params: dict[str, str] | None = None) -> Any:
-        resp = self.http.request(method, self.volume_url + path, json=json, params=params,
-                                 headers={"OpenStack-API-Version": self.VOLUME_VERSION})
+        resp = _send(self.http, self.volume_url, method, self.volume_url + path, json=json,
+                     params=params, headers={"OpenStack-API-Version": self.VOLUME_VERSION})
         if resp.status_code >= 400:
             raise _error(resp)
         return resp.json() if resp.content else None
@@ -155,7 +183,7 @@ class ComputeClient(_Closing):
         return cls(f"http://{host}:{conf.api.compute_port}/v2.1", token)
 
     def _call(self, method: str, path: str, json: Any = None) -> Any:
-        resp = self.http.request(method, self.url + path, json=json)
+        resp = _send(self.http, self.url, method, self.url + path, json=json)
         if resp.status_code >= 400:
             raise _error(resp)
         return resp.json() if resp.content else None
@@ -200,8 +228,8 @@ class ComputeClient(_Closing):
 
     def detach(self, server_id: str, volume_id: str) -> str:
         """Returns the request id: the instance action to follow."""
-        resp = self.http.delete(f"{self.url}/servers/{server_id}/os-volume_attachments/"
-                                f"{volume_id}")
+        resp = _send(self.http, self.url, "DELETE",
+                     f"{self.url}/servers/{server_id}/os-volume_attachments/{volume_id}")
         if resp.status_code >= 400:
             raise _error(resp)
         return resp.headers["x-openstack-request-id"]
@@ -249,7 +277,7 @@ class ImageClient(_Closing):
         return cls(config.image_endpoint(conf), token)
 
     def _call(self, path: str) -> Any:
-        resp = self.http.get(self.url + path)
+        resp = _send(self.http, self.url, "GET", self.url + path)
         if resp.status_code >= 400:
             raise _error(resp)
         return resp.json()

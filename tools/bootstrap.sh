@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Install everything Tether needs on a fresh Debian 12 machine, as root:
-# Debian packages (libvirt + QEMU, tgt, libiscsi tools, open-iscsi for the
-# host-login connector), the venv in .venv, the package itself (editable,
-# with the dev tools) and the OpenStack clients the tests run, in
-# .venv-clients.  Idempotent.
+# Install everything Tether, its tests and its demo need on a fresh Debian 12
+# machine, as root: Debian packages (libvirt + QEMU, tgt, libiscsi tools,
+# open-iscsi for the host-login connector, the headers libvirt-python builds
+# against, PostgreSQL, MariaDB, RabbitMQ), the servers started and the tests'
+# logins written (tools/services.sh), the venv in .venv, the package itself
+# (editable, with the dev tools) and the OpenStack clients the tests run, in
+# .venv-clients.  Idempotent; once done it needs no network (apt, PyPI and the
+# services are only touched when something is missing or changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(tgt libiscsi-bin open-iscsi libvirt-daemon-system libvirt-daemon-driver-qemu
-          qemu-system-x86 qemu-block-extra qemu-utils libvirt-dev pkg-config gcc python3-venv
-          rabbitmq-server)
+          qemu-system-x86 qemu-block-extra qemu-utils libvirt-dev pkg-config gcc python3-dev
+          python3-venv postgresql mariadb-server mariadb-client rabbitmq-server)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -27,6 +30,9 @@ fi
 if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || true
 fi
+
+# PostgreSQL, MariaDB and RabbitMQ running (no systemd needed) and the tests' logins
+tools/services.sh
 
 PY=${PYTHON:-python3}
 "$PY" - <<'PYCHECK'

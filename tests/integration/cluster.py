@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from tests.harness import wait_for
-from tests.integration.daemons import Tgtd, ensure_database_server, free_port
+from tests.integration.daemons import ServerUnavailable, Tgtd, database_server, free_port
 from tether.virt.libvirt.driver import LibvirtDriver
 from tether.volume.secret_box import new_key
 
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 SERVICES = ("api", "volume", "compute")
 
 
@@ -81,10 +81,13 @@ class Cluster:
 @contextlib.contextmanager
 def distributed(tmp_path: str, tgtd: Tgtd, extra: str = "") -> Iterator[Cluster]:
     """``extra``: more INI text for the shared tether.conf."""
-    ensure_database_server("postgresql")
+    try:  # (checked once per session: the reason at once, no wait per case)
+        pg = database_server("postgresql")
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
     name = f"tether_dist_{uuid.uuid4().hex[:10]}"
     # (pre-ping: a test may restart PostgreSQL under the pooled connection)
-    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT",
+    admin = sa.create_engine(f"{pg}/postgres", isolation_level="AUTOCOMMIT",
                              pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
@@ -97,7 +100,7 @@ host = {host}
 transport_url = rabbit://guest:guest@127.0.0.1:5672/
 control_exchange = tether-{host}
 [database]
-connection = {PG}/{name}
+connection = {pg}/{name}
 [api]
 compute_port = {compute_port}
 volume_port = {volume_port}

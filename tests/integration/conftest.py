@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.integration.daemons import Tgtd, ensure_rabbitmq
-from tether.executor import ProcessRunner
-from tether.image.tiny import TinyBuilder, TinyImage
+from tether.executor import CommandError, ProcessRunner
+from tether.image.tiny import TinyBuilder, TinyBuildError, TinyImage
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,6 +65,13 @@ class TinyImageFiles:
                 "image": {"cache_dir": f"{self.shared}/cache"}}
 
 
+# The tiny image's packages and files, kept across sessions: TinyBuilder keys
+# them by the two packages' versions (from apt's local lists), so only the
+# first session, and the first after `apt-get update` brings a new kernel,
+# downloads from the Debian mirror.
+TINY_CACHE = os.environ.get("TETHER_TINY_CACHE", "/var/cache/tether-tests/tiny")
+
+
 @pytest.fixture(scope="session")
 def tiny_image(libvirtd: None) -> Iterator[TinyImageFiles]:
     for tool in ("apt-get", "apt-cache", "dpkg-deb"):
@@ -74,7 +81,12 @@ def tiny_image(libvirtd: None) -> Iterator[TinyImageFiles]:
     os.makedirs(f"{shared}/images", mode=0o755)
     os.makedirs(f"{shared}/instances", mode=0o711)
     started = time.perf_counter()
-    built = TinyBuilder(f"{shared}/cache", ProcessRunner()).build()
+    try:
+        built = TinyBuilder(TINY_CACHE, ProcessRunner()).build()
+    except (TinyBuildError, CommandError, OSError) as exc:  # no mirror, nothing cached
+        shutil.rmtree(shared, ignore_errors=True)
+        pytest.fail(f"the tiny image cannot be built (its first build downloads two Debian "
+                    f"packages from the mirror into {TINY_CACHE}): {exc}", pytrace=False)
     try:
         yield TinyImageFiles(built, shared, time.perf_counter() - started)
     finally:

@@ -5,7 +5,9 @@ own tgtd never see each other's targets."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -99,21 +101,93 @@ def _tcp_open(port: int) -> bool:
         return False
 
 
-def ensure_database_server(kind: str) -> None:
-    """Start the machine's PostgreSQL or MariaDB if it is not listening (this
-    kind of machine starts them before a session, but never assume)."""
-    port = {"postgresql": 5432, "mariadb": 3306}[kind]
-    if _tcp_open(port):
-        return
-    if kind == "postgresql":
-        import glob
-        for version in sorted(glob.glob("/etc/postgresql/*")):
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect",
-                            os.path.basename(version), "main", "start"], check=False)
-    else:
-        subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background",
-                        "--exec", "/usr/sbin/mariadbd"], check=False)
-    wait_until(lambda: _tcp_open(port), f"{kind} on port {port}", timeout=60)
+# where the tests log in: written by tools/services.sh (tools/bootstrap.sh);
+# without it, what this kind of machine comes with (trust on 127.0.0.1)
+DATABASES_FILE = os.environ.get("TETHER_TEST_DATABASES", "/etc/tether/test-databases.json")
+DEFAULT_SERVERS = {
+    "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306",
+}
+PORTS = {"postgresql": 5432, "mariadb": 3306}
+SERVICES_SH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "tools", "services.sh")
+
+
+class ServerUnavailable(Exception):
+    """A server the tests need cannot be reached (the message says why)."""
+
+
+def database_servers() -> dict[str, str]:
+    """The URL (no database) of each server, from DATABASES_FILE when it exists."""
+    try:
+        with open(DATABASES_FILE) as f:
+            found = json.load(f)
+    except FileNotFoundError:
+        return dict(DEFAULT_SERVERS)
+    return {kind: str(found.get(kind, url)) for kind, url in DEFAULT_SERVERS.items()}
+
+
+def _start_services() -> str | None:
+    """tools/services.sh (starts what is not running); None, or why it failed."""
+    try:
+        proc = subprocess.run([SERVICES_SH], capture_output=True, text=True, timeout=180,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{SERVICES_SH}: {exc}"
+    if proc.returncode != 0:
+        return f"{SERVICES_SH} failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
+    return None
+
+
+def _reachable(url: str, admin_db: str) -> str | None:
+    """None when ``url`` accepts a login (no retries), else why not."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"{url}/{admin_db}",
+                              connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return None
+    except sa.exc.DBAPIError as exc:
+        return str(exc.orig).strip().splitlines()[0]
+    finally:
+        engine.dispose()
+
+
+ADMIN_DB = {"postgresql": "postgres", "mariadb": ""}
+_CHECKED: dict[str, str | ServerUnavailable] = {}
+
+
+def database_server(kind: str) -> str:
+    """The URL of the ``kind`` server, started by tools/services.sh if it is
+    not listening.  Checked once per session: a server that cannot be reached
+    raises :class:`ServerUnavailable` at once for every later caller too."""
+    if kind not in _CHECKED:
+        try:
+            _CHECKED[kind] = _check_database_server(kind)
+        except ServerUnavailable as exc:
+            _CHECKED[kind] = exc
+    found = _CHECKED[kind]
+    if isinstance(found, ServerUnavailable):
+        raise ServerUnavailable(str(found))
+    return found
+
+
+def _check_database_server(kind: str) -> str:
+    url = database_servers()[kind]
+    port = PORTS[kind]
+    if not _tcp_open(port):
+        why = _start_services()
+        if not _tcp_open(port):
+            raise ServerUnavailable(f"{kind} is not listening on 127.0.0.1:{port}"
+                                    + (f" ({why})" if why else ""))
+    why = _reachable(url, ADMIN_DB[kind])
+    if why is not None:
+        shown = re.sub(r":[^:@/]*@", ":***@", url)
+        raise ServerUnavailable(f"{kind} at {shown} refuses the tests' login ({why}); "
+                                f"tools/services.sh writes the login to {DATABASES_FILE}")
+    return url
 
 
 RABBIT = "rabbit://guest:guest@127.0.0.1:5672/"

@@ -3,13 +3,16 @@ databases: PostgreSQL and MariaDB, each in a database made for this run."""
 
 from __future__ import annotations
 
+import json
+import pathlib
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.daemons import ensure_database_server
+from tests.integration import daemons
+from tests.integration.daemons import ServerUnavailable, database_server
 from tests.unit.db.prepared_cases import CASES
 from tether.db import migrate
 from tether.db.api import Database
@@ -17,24 +20,20 @@ from tether.db.records import VOLUMES
 
 pytestmark = pytest.mark.integration
 
-SERVERS = {
-    "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432",
-    "mariadb": "mysql+pymysql://root@127.0.0.1:3306",
-}
 
 
-@pytest.fixture(params=sorted(SERVERS))
+@pytest.fixture(params=["mariadb", "postgresql"])
 def db(request: pytest.FixtureRequest) -> Iterator[Database]:
-    ensure_database_server(request.param)
-    server = SERVERS[request.param]
+    try:  # (checked once per session: no wait per case when a server is missing)
+        server = database_server(request.param)
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
     name = f"tether_test_{uuid.uuid4().hex[:12]}"
-    admin_db = "postgres" if request.param == "postgresql" else "mysql"
+    # MariaDB: no database (the tests' user may see only tether_% ones)
+    admin_db = "postgres" if request.param == "postgresql" else ""
     admin = sa.create_engine(f"{server}/{admin_db}", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"{request.param} at {server} is not reachable: {exc.orig}")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
     database = Database(f"{server}/{name}")
     try:
         yield database
@@ -65,3 +64,25 @@ def test_migrations_and_conditional_update(db: Database) -> None:
 def test_prepared_statements(db: Database, case: Callable[[Database], None]) -> None:
     migrate.upgrade(db)
     case(db)
+
+
+def test_a_refused_login_fails_at_once_with_why_and_once_per_session(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The login comes from the file tools/services.sh writes; a server that
+    refuses it is checked once per session, not waited for by every case."""
+    database_server("postgresql")  # listening: only the login is wrong below
+    logins = tmp_path / "test-databases.json"
+    logins.write_text(json.dumps({
+        "postgresql": "postgresql+psycopg2://tether_nobody:s3cret@127.0.0.1:5432"}))
+    monkeypatch.setattr(daemons, "DATABASES_FILE", str(logins))
+    monkeypatch.setattr(daemons, "_CHECKED", {})
+    with pytest.raises(ServerUnavailable) as first:
+        database_server("postgresql")
+    assert "tether_nobody" in str(first.value) and "s3cret" not in str(first.value)
+    assert "refuses the tests' login" in str(first.value)
+    # a server the file does not name: the machine's default
+    assert daemons.database_servers()["mariadb"] == daemons.DEFAULT_SERVERS["mariadb"]
+    logins.write_text(json.dumps(daemons.DEFAULT_SERVERS))  # fixed, but not re-checked
+    with pytest.raises(ServerUnavailable) as again:
+        database_server("postgresql")
+    assert str(again.value) == str(first.value)

@@ -157,3 +157,80 @@ def test_logging_goes_to_the_file_and_stderr_formatted_once(
     assert " INFO tether.test [MainThread] volume v1 attached" in in_file
     assert "not at INFO" not in in_file + err
     assert formatted == ["volume v1 attached"]
+
+
+def _nothing_running(tmp_path: Any) -> tuple[list[str], int, int]:
+    """Arguments for a Tether whose ports nothing listens on."""
+    compute, volume = _free_port(), _free_port()
+    conf = tmp_path / "tether.conf"
+    conf.write_text(f"[api]\ncompute_port = {compute}\nvolume_port = {volume}\n"
+                    f"image_port = {_free_port()}\n")
+    return ["--config-file", str(conf), "--state-dir", str(tmp_path)], compute, volume
+
+
+def test_nothing_running_is_one_line_naming_the_url(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    base, compute, volume = _nothing_running(tmp_path)
+    assert main([*base, "server", "list"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""  # no table header before the error
+    assert err == (f"tether: cannot reach http://127.0.0.1:{compute}/v2.1 (connection "
+                   "refused); is `tether serve` running?\n")
+    assert main([*base, "volume", "list"]) == 1
+    assert capsys.readouterr().err == (
+        f"tether: cannot reach http://127.0.0.1:{volume}/v3 (connection refused); is "
+        "`tether serve` running?\n")
+
+
+def test_debug_adds_the_traceback_once(tmp_path: Any,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    base, compute, _ = _nothing_running(tmp_path)
+    assert main(["--debug", *base, "server", "list"]) == 1
+    err = capsys.readouterr().err
+    # the chain (httpcore's error, httpx's, ours) printed once
+    assert err.count("tether.client.ApiUnreachable: cannot reach") == 1
+    assert "httpx.ConnectError" in err
+    assert err.endswith(f"tether: cannot reach http://127.0.0.1:{compute}/v2.1 (connection "
+                        "refused); is `tether serve` running?\n")
+    assert err.count("tether: cannot reach") == 1
+
+
+def test_a_failed_demo_is_told_once_and_its_traceback_goes_to_the_log(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo logs to the file and stderr (like ``tether serve``): its
+    failure is one line on stderr, the traceback in the log file only."""
+    from tether import demo
+
+    def failing(conf: Any, args: Any) -> int:
+        cli.setup_logging(conf, to_stderr=True)
+        raise RuntimeError("guest agent of server A not ready after 120 s")
+
+    monkeypatch.setattr(demo, "run", failing)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        rc = main(["--state-dir", str(tmp_path), "demo"])
+        for h in root.handlers:
+            h.flush()
+    finally:
+        for h in root.handlers:
+            if h not in saved[0]:
+                h.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err == ("tether: demo failed: RuntimeError: guest agent of server A not ready "
+                   "after 120 s (--debug for the traceback)\n")
+    log = (tmp_path / "tether.log").read_text()
+    assert log.count("Traceback (most recent call last)") == 1
+    assert "ERROR tether [MainThread] tether demo failed" in log
+
+
+def test_audit_debug_flag_after_the_command_still_works() -> None:
+    args = cli.build_parser().parse_args(["audit", "--debug"])
+    assert args.debug is True
+    args = cli.build_parser().parse_args(["--debug", "audit"])
+    assert args.debug is True
+    assert cli.build_parser().parse_args(["audit"]).debug is False
