@@ -4,6 +4,7 @@ The harness's defaults are unlimited: each test sets its own project's."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -258,3 +259,32 @@ def test_max_disk_devices_to_attach(tmp_path: Path) -> None:
             f"/v2.1/servers/{sid}/os-volume_attachments").json["volumeAttachments"]] == [vid]
     finally:
         t.stop()
+
+
+@pytest.mark.parametrize("service", ["volume", "compute"])
+def test_six_concurrent_creates_with_room_for_one(tether: Tether, service: str) -> None:
+    """Through the API (SQLite): one 202, five over quota, one row."""
+    p = _project()
+    if service == "volume":
+        _set(tether, p, "volume", volumes=1)
+        api = tether.api(f"alice:{p}")
+        path, body, refused = "/v3/volumes", {"volume": {"size": 1}}, 413
+    else:
+        _set(tether, p, "compute", instances=1)
+        api = tether.nova(f"alice:{p}")
+        path, body, refused = "/v2.1/servers", {"server": {"name": "r", "flavorRef": "1"}}, 403
+    barrier = threading.Barrier(6)
+    codes: list[int] = []
+
+    def create() -> None:
+        barrier.wait(timeout=30)
+        codes.append(api.post(path, body).status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(codes) == [202] + [refused] * 5
+    listed = api.get(path).json["volumes" if service == "volume" else "servers"]
+    assert len(listed) == 1
