@@ -256,4 +256,9 @@ COMPUTE_OPERATIONS = (
     Operation("GET", _CQ + "/defaults", "The default quotas", 200),
     Operation("GET", "/v2.1/limits", "A project's absolute limits and usage (the "
               "caller's, or ?tenant_id= for an admin)", 200, query=schemas.COMPUTE_LIMITS),
+    # what `openstack quota show/set PROJECT` looks the project up with
+    Operation("GET", "/identity/v3/projects/{project_id}", "A project by id (Tether keeps "
+              "none: a token's project is one, named by its id)", 200),
+    Operation("GET", "/identity/v3/projects", "A project by ?name= (an admin)", 200,
+              query=schemas.PROJECT_LIST),
 )

@@ -16,6 +16,8 @@ VOLUME_LIMITS = "limits_extension:used_limits"
 COMPUTE = "os_compute_api:os-quota-sets:"
 COMPUTE_LIMITS = "os_compute_api:limits"
 COMPUTE_LIMITS_OTHER = "os_compute_api:limits:other_project"
+GET_PROJECT = "identity:get_project"
+LIST_PROJECTS = "identity:list_projects"
 
 _VQ = "/v3/os-quota-sets/{project_id}"
 _CQ = "/v2.1/os-quota-sets/{project_id}"
@@ -41,4 +43,9 @@ RULES: list[policy.RuleDefault] = [
        ("GET", "/v2.1/limits")),
     _r(COMPUTE_LIMITS_OTHER, PROJECT_READER_OR_ADMIN, "Show another project's compute "
        "limits (?tenant_id=).", ("GET", "/v2.1/limits")),
+    # what `openstack quota show/set PROJECT` looks the project up with (Keystone's names)
+    _r(GET_PROJECT, PROJECT_READER_OR_ADMIN, "Look a project up by id (the project of "
+       "the caller's token, or any for an admin).", ("GET", "/identity/v3/projects/"
+                                                     "{project_id}")),
+    _r(LIST_PROJECTS, ADMIN, "Look a project up by name.", ("GET", "/identity/v3/projects")),
 ]

@@ -221,6 +221,13 @@ _POLICY_CASES = [
      "/v2.1/limits?tenant_id=other", "member", 403),
     ("os_compute_api:limits:other_project", "compute", "GET",
      "/v2.1/limits?tenant_id=other", "admin", 200),
+    ("identity:get_project", "compute", "GET", "/identity/v3/projects/own", "reader", 200),
+    ("identity:get_project", "compute", "GET", "/identity/v3/projects/other", "member", 403),
+    ("identity:get_project", "compute", "GET", "/identity/v3/projects/other", "admin", 200),
+    ("identity:list_projects", "compute", "GET", "/identity/v3/projects?name=own", "member",
+     403),
+    ("identity:list_projects", "compute", "GET", "/identity/v3/projects?name=own", "admin",
+     200),
 ]
 
 
@@ -288,3 +295,15 @@ def test_six_concurrent_creates_with_room_for_one(tether: Tether, service: str) 
     assert sorted(codes) == [202] + [refused] * 5
     listed = api.get(path).json["volumes" if service == "volume" else "servers"]
     assert len(listed) == 1
+
+
+def test_project_lookup_for_openstack_quota(tether: Tether) -> None:
+    """What ``openstack quota show/set PROJECT`` asks first: the project by
+    id, then (an admin) by name; a project is named by its id."""
+    p = _project()
+    nova = tether.nova(f"admin:{p}")
+    project = nova.get(f"/identity/v3/projects/{p}").json["project"]
+    assert (project["id"], project["name"], project["enabled"]) == (p, p, True)
+    assert [x["id"] for x in nova.get(f"/identity/v3/projects?name={p}").json[
+        "projects"]] == [p]
+    assert nova.get("/identity/v3/projects").json["projects"] == []
