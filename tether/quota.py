@@ -105,16 +105,28 @@ class Locks:
         with self._mutex:
             self._known.add((key, area))
 
-    def hold(self, c: Tx, key: str, area: str) -> None:
-        """Lock the row until ``c`` ends (it must exist: :meth:`ensure`)."""
+    def hold(self, c: Tx, key: str, area: str) -> bool:
+        """Lock the row until ``c`` ends; False (nothing locked, and the row
+        no longer taken for granted) if it is missing: :meth:`ensure` it
+        outside ``c`` and try again."""
         done = c.execute(update(_LOCKS).where(
             _L.project_id == key, _L.area == area).values(generation=_L.generation + 1))
-        if getattr(done, "rowcount", 0) != 1:  # deleted behind our back: make it again
-            raise RuntimeError(f"quota lock row {area}/{key} is missing")
+        if getattr(done, "rowcount", 0) == 1:
+            return True
+        with self._mutex:  # removed behind this process's back (a restored database)
+            self._known.discard((key, area))
+        return False
 
-    def forget(self) -> None:
-        with self._mutex:
-            self._known.clear()
+    @contextmanager
+    def held(self, key: str, area: str) -> Iterator[Tx]:
+        """A transaction whose first statement locked the row."""
+        for _ in range(2):
+            self.ensure(key, area)
+            with self.db.begin() as c:
+                if self.hold(c, key, area):
+                    yield c
+                    return
+        raise RuntimeError(f"quota lock row {area}/{key} could not be made")
 
 
 def _insert_ignore(c: Tx, values: dict[str, Any]) -> Any:
@@ -160,9 +172,7 @@ class Quotas:
         """A transaction in which ``requested`` fits the project's quotas and
         stays so until it ends (the project is locked): insert what it counts
         in it.  :class:`OverQuota` when it does not fit."""
-        self.locks.ensure(project_id, self.area)
-        with self.db.begin() as c:
-            self.locks.hold(c, project_id, self.area)
+        with self.locks.held(project_id, self.area) as c:
             excess = over(self.limits(c, project_id), self.usage(c, project_id), requested)
             if excess is not None:
                 raise OverQuota(excess)
@@ -175,9 +185,7 @@ class Quotas:
         unknown = sorted(set(values) - set(self.defaults))
         if unknown:
             raise KeyError(", ".join(unknown))
-        self.locks.ensure(project_id, self.area)
-        with self.db.begin() as c:
-            self.locks.hold(c, project_id, self.area)  # no create counts meanwhile
+        with self.locks.held(project_id, self.area) as c:  # no create counts meanwhile
             usage = self.usage(c, project_id)
             if not force:
                 for resource, limit in values.items():
