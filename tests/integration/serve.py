@@ -24,7 +24,7 @@ from tests.integration.daemons import Tgtd, free_port
 
 TETHER = os.path.join(os.path.dirname(sys.executable), "tether")
 # every quota unlimited: tests that are not about quotas create what they need
-_UNLIMITED = "\n".join(f"{name} = -1" for name in UNLIMITED_QUOTAS)
+UNLIMITED_QUOTAS_INI = "\n".join(f"{name} = -1" for name in UNLIMITED_QUOTAS)
 
 
 @dataclass
@@ -132,7 +132,7 @@ volume_port = {serve.volume_port}
 image_port = {serve.image_port}
 default_project = {serve.default_project}
 [quota]
-{_UNLIMITED}
+{UNLIMITED_QUOTAS_INI}
 [volume]
 target_port = {tgtd.portal_port}
 tgt_control_port = {tgtd.control_port}

@@ -307,3 +307,35 @@ def test_project_lookup_for_openstack_quota(tether: Tether) -> None:
     assert [x["id"] for x in nova.get(f"/identity/v3/projects?name={p}").json[
         "projects"]] == [p]
     assert nova.get("/identity/v3/projects").json["projects"] == []
+
+
+def test_two_concurrent_attaches_with_room_for_one_disk(tmp_path: Path) -> None:
+    """The attach's claim transaction begins with the server's guard UPDATE,
+    so the second counts the first's mapping: one attach, one 403."""
+    t = Tether(str(tmp_path), FakeTarget(), FakeDriver(), FakeConnector(),
+               overrides={"compute": {"max_disk_devices_to_attach": 1}})
+    try:
+        nova, cinder = t.nova(), t.api()
+        sid = t.create_server(nova)["id"]
+        vids = [t.create_volume(cinder)["id"] for _ in range(2)]
+        barrier = threading.Barrier(2)
+        codes: list[int] = []
+
+        def attach(vid: str) -> None:
+            barrier.wait(timeout=30)
+            codes.append(nova.post(f"/v2.1/servers/{sid}/os-volume_attachments",
+                                   {"volumeAttachment": {"volumeId": vid}}).status_code)
+
+        threads = [threading.Thread(target=attach, args=(v,)) for v in vids]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+        assert sorted(codes) == [200, 403]
+        t.wait_action(nova, sid, "attach_volume")
+        assert len(nova.get(f"/v2.1/servers/{sid}/os-volume_attachments").json[
+            "volumeAttachments"]) == 1
+        assert sorted(cinder.get(f"/v3/volumes/{v}").json["volume"]["status"]
+                      for v in vids) == ["available", "in-use"]
+    finally:
+        t.stop()
