@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from tests.harness import wait_for
 from tests.integration.daemons import Tgtd, ensure_database_server, free_port
+from tests.integration.serve import UNLIMITED_QUOTAS_INI
 from tether.virt.libvirt.driver import LibvirtDriver
 from tether.volume.secret_box import new_key
 
@@ -108,6 +109,8 @@ target_port = {tgtd.portal_port}
 tgt_control_port = {tgtd.control_port}
 reconcile_interval = 0
 secret_key = {new_key()}
+[quota]
+{UNLIMITED_QUOTAS_INI}
 [compute]
 initiator_iqn = iqn.2010-10.org.tether:{host}
 domain_prefix = tether-{host}-
