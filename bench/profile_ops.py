@@ -59,12 +59,14 @@ def main() -> int:
     daemons.ensure_libvirtd()
     daemons.ensure_tgtd(0)
     state = tempfile.mkdtemp(prefix="tether-profile-")
-    conf = config.load(state_dir=state, overrides={
-        "api": {"compute_port": 0, "volume_port": 0},
-        "quota": {"volumes": -1, "gigabytes": -1, "instances": -1, "cores": -1, "ram": -1}})
+    conf = config.load(state_dir=state, overrides={"api": {"compute_port": 0,
+                                                             "volume_port": 0}})
     if args.log:
         from tether.cli import setup_logging
         setup_logging(conf, to_stderr=False)
+    for name in ("volumes", "gigabytes", "instances", "cores", "ram"):
+        conf.set_override(name, -1, group="quota")  # no quotas
+
     app = Embedded(conf)
     app.start()
     counts: collections.Counter[str] = collections.Counter()

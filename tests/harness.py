@@ -138,10 +138,10 @@ class Tether:
                  connector: VolumeConnector,
                  overrides: dict[str, dict[str, object]] | None = None) -> None:
         base: dict[str, dict[str, object]] = {
+            "quota": dict(UNLIMITED_QUOTAS),
             "DEFAULT": {"transport_url": f"tether-inproc://{uuid.uuid4().hex}",
                         "host": "testhost"},
             "api": {"service_token": "test-service-token"},
-            "quota": dict(UNLIMITED_QUOTAS),
         }
         for group, values in (overrides or {}).items():
             base.setdefault(group, {}).update(values)

@@ -20,7 +20,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from tether import config, policy, quota, statedir
+from tether import config, policy, statedir
 from tether.api import block_storage, compute, http, image
 from tether.api.auth import Authenticator, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
@@ -45,6 +45,7 @@ from tether.executor import ProcessRunner
 from tether.identity.credentials import StaticToken, TokenSource
 from tether.image.registry import ImageRegistry
 from tether.notifications import Notifier
+from tether.quota import BLOCK_STORAGE, COMPUTE, UNLIMITED, Locks, Quotas
 from tether.restclient import HttpTransport, Transport, WsgiTransport
 from tether.rpc import COMPUTE_TOPIC, VOLUME_TOPIC, Rpc
 from tether.virt.driver import VirtDriver
@@ -340,7 +341,7 @@ def volume_quota_defaults(conf: cfg.ConfigOpts) -> dict[str, int]:
     volume type's own (unlimited, as Cinder's per-type quotas default)."""
     out = {name: int(getattr(conf.quota, name)) for name in config.BLOCK_STORAGE_QUOTAS}
     for name in ("volumes", "gigabytes", "snapshots"):
-        out[f"{name}_{DEFAULT_TYPE}"] = quota.UNLIMITED
+        out[f"{name}_{DEFAULT_TYPE}"] = UNLIMITED
     return out
 
 
@@ -363,11 +364,11 @@ class ApiService:
         # (the compute app is made below: block storage reaches it once running)
         computes = ComputeClient(WsgiTransport(self._call_compute, config.compute_endpoint(
             conf)), token)
-        locks = quota.Locks(db)
+        locks = Locks(db)
         self.volume_api = VolumeAPI(volumes, VolumeRpcApi(rpc),
                                     volume_host_picker(volumes, down),
-                                    quota.Quotas(db, locks, quota.BLOCK_STORAGE,
-                                                 volume_quota_defaults(conf), volumes.usage),
+                                    Quotas(db, locks, BLOCK_STORAGE,
+                                           volume_quota_defaults(conf), volumes.usage),
                                     in_use=computes.server_uses_volume,
                                     shared_targets=conf.volume.shared_targets)
         limit = conf.api.max_request_body_size
@@ -382,8 +383,7 @@ class ApiService:
         self.compute_api = ComputeAPI(
             servers, ComputeRpcApi(rpc), self.volume_client,
             lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],
-            quota.Quotas(db, locks, quota.COMPUTE, compute_quota_defaults(conf),
-                         servers.usage),
+            Quotas(db, locks, COMPUTE, compute_quota_defaults(conf), servers.usage),
             default_bus=conf.compute.disk_bus, images=self.images,
             max_disk_devices=conf.compute.max_disk_devices_to_attach)
         self.compute_app = auth.wrap(compute.create_app(self.compute_api, auth, limit))

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 
 from tests.harness import wait_for
 from tests.integration.daemons import Tgtd, ensure_database_server, free_port
-from tests.integration.serve import UNLIMITED_QUOTAS_INI
 from tether.virt.libvirt.driver import LibvirtDriver
 from tether.volume.secret_box import new_key
 
@@ -110,7 +109,11 @@ tgt_control_port = {tgtd.control_port}
 reconcile_interval = 0
 secret_key = {new_key()}
 [quota]
-{UNLIMITED_QUOTAS_INI}
+volumes = -1
+gigabytes = -1
+instances = -1
+cores = -1
+ram = -1
 [compute]
 initiator_iqn = iqn.2010-10.org.tether:{host}
 domain_prefix = tether-{host}-

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 
 from tests.integration.daemons import ensure_database_server
 from tests.unit.db.prepared_cases import CASES
-from tests.unit.db.quota_cases import CASES as QUOTA_CASES
 from tether.db import migrate
 from tether.db.api import Database
 from tether.db.records import VOLUMES
@@ -64,12 +63,5 @@ def test_migrations_and_conditional_update(db: Database) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
 def test_prepared_statements(db: Database, case: Callable[[Database], None]) -> None:
-    migrate.upgrade(db)
-    case(db)
-
-
-@pytest.mark.parametrize("case", QUOTA_CASES, ids=lambda c: c.__name__)
-def test_quota_race(db: Database, case: Callable[[Database], None]) -> None:
-    """Six concurrent creates with room for one: exactly one wins."""
     migrate.upgrade(db)
     case(db)

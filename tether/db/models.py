@@ -193,28 +193,6 @@ class InstanceActionEvent(Base):
     __table_args__ = (Index("ix_action_events_action", "action_id"),)
 
 
-class Image(TimestampMixin, Base):
-    """An image servers boot from (Glance v2's shape). ``file`` names its
-    data in the compute hosts' images directory; a machine image without a
-    file of its own boots its ``kernel_id`` / ``ramdisk_id`` images directly."""
-
-    __tablename__ = "images"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    name: Mapped[str | None] = mapped_column(String(255))
-    owner: Mapped[str | None] = mapped_column(String(255))
-    visibility: Mapped[str] = mapped_column(String(16), default="public")
-    status: Mapped[str] = mapped_column(String(32))
-    disk_format: Mapped[str | None] = mapped_column(String(16))
-    container_format: Mapped[str | None] = mapped_column(String(16))
-    size: Mapped[int | None] = mapped_column(BigInteger)
-    checksum: Mapped[str | None] = mapped_column(String(64))  # sha256 of the data
-    file: Mapped[str | None] = mapped_column(String(255))
-    properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-
-    __table_args__ = (Index("ix_images_name_deleted", "name", "deleted"),)
-
-
 class Quota(Base):
     """A project's limit on one resource (``volumes``, ``instances`` ...),
     where it differs from the ``[quota]`` default.  Usage is never stored:
@@ -244,3 +222,26 @@ class QuotaLock(Base):
     project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     area: Mapped[str] = mapped_column(String(16), primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Image(TimestampMixin, Base):
+    """An image servers boot from (Glance v2's shape). ``file`` names its
+    data in the compute hosts' images directory; a machine image without a
+    file of its own boots its ``kernel_id`` / ``ramdisk_id`` images directly."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    owner: Mapped[str | None] = mapped_column(String(255))
+    visibility: Mapped[str] = mapped_column(String(16), default="public")
+    status: Mapped[str] = mapped_column(String(32))
+    disk_format: Mapped[str | None] = mapped_column(String(16))
+    container_format: Mapped[str | None] = mapped_column(String(16))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(64))  # sha256 of the data
+    file: Mapped[str | None] = mapped_column(String(255))
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_images_name_deleted", "name", "deleted"),)
+
