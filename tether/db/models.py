@@ -244,4 +244,3 @@ class Image(TimestampMixin, Base):
     properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     __table_args__ = (Index("ix_images_name_deleted", "name", "deleted"),)
-
