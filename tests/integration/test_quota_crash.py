@@ -52,7 +52,7 @@ def _delete_all_servers(s: Serve) -> None:
             c.delete(f"{s.compute_url}/servers/{sid}")
         for sid in sids:
             wait_for(lambda sid=sid: c.get(f"{s.compute_url}/servers/{sid}").status_code
-                     == 404, 120, f"server {sid} deleted")
+                     == 404, 300, f"server {sid} deleted")
 
 
 def _create(c: httpx.Client, s: Serve, kind: str) -> httpx.Response:
