@@ -40,9 +40,11 @@ api_opts = [
     cfg.PortOpt("compute_port", default=8774, help="Compute API (Nova v2.1) port."),
     cfg.PortOpt("volume_port", default=8776, help="Block Storage API (Cinder v3) port."),
     cfg.PortOpt("image_port", default=9292, help="Image API (Glance v2, read-only) port."),
-    cfg.StrOpt("auth_strategy", default="noauth", choices=["noauth"],
-               help="How tokens are checked. noauth: X-Auth-Token is 'user:project' "
-                    "(refused unless bind_host is a loopback address)."),
+    cfg.StrOpt("auth_strategy", default="noauth", choices=["keystone", "noauth"],
+               help="How tokens are checked. keystone: by keystonemiddleware against "
+                    "Keystone ([keystone_authtoken]; the services' own tokens come from "
+                    "Keystone with [service_user]). noauth: X-Auth-Token is "
+                    "'user:project' (refused unless bind_host is a loopback address)."),
     cfg.StrOpt("admin_user", default="admin", help="noauth user that is an administrator."),
     cfg.StrOpt("service_token", secret=True,
                help="Token identifying Tether's own services (compute to block storage). "
@@ -319,4 +321,14 @@ def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
         ("compute", compute_opts),
         ("image", image_opts),
         *policy_opts.list_opts(),
+        # registered by keystonemiddleware itself when auth_strategy = keystone
+        *authtoken_opts(),
     ]
+
+
+def authtoken_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """``[keystone_authtoken]`` (keystonemiddleware's options and its password
+    auth plugin's)."""
+    from tether.api.keystone import authtoken_opts
+
+    return authtoken_opts()

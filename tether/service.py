@@ -22,7 +22,7 @@ from oslo_config import cfg
 
 from tether import config, policy, statedir
 from tether.api import block_storage, compute, http, image
-from tether.api.auth import Authenticator, NoAuth, check_bind
+from tether.api.auth import AuthConfigError, Authenticator, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
 from tether.compute.connections import HostConnections
@@ -42,7 +42,7 @@ from tether.db.api import Database
 from tether.db.records import ServiceRecord
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
-from tether.identity.credentials import StaticToken, TokenSource
+from tether.identity.credentials import PasswordToken, StaticToken, TokenSource
 from tether.image.registry import ImageRegistry
 from tether.notifications import Notifier
 from tether.quota import BLOCK_STORAGE, COMPUTE, UNLIMITED, Locks, Quotas
@@ -78,11 +78,27 @@ def service_token(conf: cfg.ConfigOpts) -> str:
 def authenticator(conf: cfg.ConfigOpts) -> Authenticator:
     """The API's authenticator for ``[api] auth_strategy``."""
     check_bind(conf.api.auth_strategy, conf.api.bind_host)
+    if conf.api.auth_strategy == "keystone":
+        # imported here: keystonemiddleware (WebOb, keystoneauth1, oslo.cache)
+        # loads only where it is used
+        from tether.api.keystone import KeystoneAuth
+
+        return KeystoneAuth(conf)
     return NoAuth(conf.api.admin_user, service_token(conf), conf.api.default_project)
 
 
 def service_credentials(conf: cfg.ConfigOpts) -> TokenSource:
-    """The token this process's services send to the other side's API."""
+    """The token this process's services send to the other side's API: with
+    keystone, the ``[service_user]``'s, from Keystone (password auth, kept
+    until shortly before it expires)."""
+    if conf.api.auth_strategy == "keystone":
+        user = conf.service_user
+        if not (user.auth_url and user.password):
+            raise AuthConfigError("[api] auth_strategy = keystone needs [service_user] "
+                                  "auth_url and password: the Keystone user Tether's "
+                                  "services authenticate as (with the service role).")
+        return PasswordToken(user.auth_url, user.username, user.password, user.project_name,
+                             user.user_domain_name, user.project_domain_name)
     return StaticToken(service_token(conf))
 
 

@@ -78,7 +78,7 @@ class Serve:
             sid: str = res.json()["server"]["id"]
             self.servers.append(sid)
             wait_for(lambda: c.get(f"{self.compute_url}/servers/{sid}").json()[
-                "server"]["status"] == "ACTIVE", 60, f"server {sid} ACTIVE")
+                "server"]["status"] == "ACTIVE", 180, f"server {sid} ACTIVE")
         return sid
 
     def delete_servers(self, token: str) -> None:
