@@ -1,6 +1,6 @@
 """What quota enforcement must do on every database Tether runs on: run on
 SQLite by tests/unit/db/test_quota_race.py and on PostgreSQL and MariaDB by
-tests/integration/test_databases.py.
+tests/integration/test_quota_databases.py.
 
 Six creates of one project start together (a barrier) with room for one:
 exactly one wins, the five others are refused, and the rows are what the

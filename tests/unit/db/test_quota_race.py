@@ -1,6 +1,6 @@
 """Quota races on SQLite (a file: several connections, as in the service);
 the same cases run on PostgreSQL and MariaDB in
-tests/integration/test_databases.py."""
+tests/integration/test_quota_databases.py."""
 
 from __future__ import annotations
 
