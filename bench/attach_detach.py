@@ -181,6 +181,9 @@ def start_serve(state: str, code: str | None = None) -> subprocess.Popen[bytes]:
     with open(conf, "w") as f:
         f.write(f"[api]\ncompute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n"
                 f"image_port = {IMAGE_PORT}\n")
+        # no quotas (a revision without them ignores the section)
+        f.write("[quota]\nvolumes = -1\ngigabytes = -1\ninstances = -1\ncores = -1\n"
+                "ram = -1\n")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tether"),
                              "--config-file", conf, "--state-dir", state, "serve"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -152,7 +152,10 @@ class Tether:
         self.conf = (f"[api]\ncompute_port = {ports[0]}\nvolume_port = {ports[1]}\n"
                      f"image_port = {ports[2]}\nthreads = {api_threads}\n"
                      "[compute]\ndevice_detach_timeout = 20\ndevice_detach_attempts = 3\n"
-                     f"domain_prefix = {prefix}\n")
+                     f"domain_prefix = {prefix}\n"
+                     # no quotas (a revision without them ignores the section)
+                     "[quota]\nvolumes = -1\ngigabytes = -1\ninstances = -1\ncores = -1\n"
+                     "ram = -1\n")
         self.compute = f"http://127.0.0.1:{ports[0]}/v2.1"
         self.volume = f"http://127.0.0.1:{ports[1]}/v3"
 

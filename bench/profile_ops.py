@@ -64,6 +64,9 @@ def main() -> int:
     if args.log:
         from tether.cli import setup_logging
         setup_logging(conf, to_stderr=False)
+    for name in ("volumes", "gigabytes", "instances", "cores", "ram"):
+        conf.set_override(name, -1, group="quota")  # no quotas
+
     app = Embedded(conf)
     app.start()
     counts: collections.Counter[str] = collections.Counter()

@@ -29,6 +29,9 @@ from tether.service import Drivers, Embedded
 from tether.virt.driver import VirtDriver
 from tether.volume.targets.base import TargetDriver
 
+# every [quota] unlimited: tests that are not about quotas create what they need
+UNLIMITED_QUOTAS: dict[str, object] = {
+    name: -1 for name in (*config.BLOCK_STORAGE_QUOTAS, *config.COMPUTE_QUOTAS)}
 INITIATOR_A = "iqn.2026-11.org.example:host-a"
 INITIATOR_B = "iqn.2026-11.org.example:host-b"
 
@@ -135,6 +138,7 @@ class Tether:
                  connector: VolumeConnector,
                  overrides: dict[str, dict[str, object]] | None = None) -> None:
         base: dict[str, dict[str, object]] = {
+            "quota": dict(UNLIMITED_QUOTAS),
             "DEFAULT": {"transport_url": f"tether-inproc://{uuid.uuid4().hex}",
                         "host": "testhost"},
             "api": {"service_token": "test-service-token"},

@@ -108,6 +108,35 @@ volume_opts = [
                     "no encrypted secret."),
 ]
 
+quota_opts = [
+    # Block Storage (Cinder's quota_* options)
+    cfg.IntOpt("volumes", default=10, min=-1, help="Volumes per project (-1: unlimited)."),
+    cfg.IntOpt("gigabytes", default=1000, min=-1,
+               help="Total size of a project's volumes in GiB (-1: unlimited)."),
+    cfg.IntOpt("snapshots", default=10, min=-1,
+               help="Snapshots per project (Tether has none yet: shown, always 0 used)."),
+    cfg.IntOpt("per_volume_gigabytes", default=-1, min=-1,
+               help="Largest single volume in GiB (-1: unlimited)."),
+    cfg.IntOpt("backups", default=10, min=-1, help="Backups per project (shown only)."),
+    cfg.IntOpt("backup_gigabytes", default=1000, min=-1, help="Backup GiB (shown only)."),
+    cfg.IntOpt("groups", default=10, min=-1, help="Volume groups (shown only)."),
+    # Compute (Nova's [quota] options)
+    cfg.IntOpt("instances", default=10, min=-1, help="Servers per project (-1: unlimited)."),
+    cfg.IntOpt("cores", default=20, min=-1,
+               help="vCPUs of a project's servers (-1: unlimited)."),
+    cfg.IntOpt("ram", default=51200, min=-1,
+               help="MiB of RAM of a project's servers (-1: unlimited)."),
+    cfg.IntOpt("metadata_items", default=128, min=-1, help="Shown only."),
+    cfg.IntOpt("key_pairs", default=100, min=-1, help="Shown only."),
+    cfg.IntOpt("server_groups", default=10, min=-1, help="Shown only."),
+    cfg.IntOpt("server_group_members", default=10, min=-1, help="Shown only."),
+]
+
+BLOCK_STORAGE_QUOTAS = ("volumes", "gigabytes", "snapshots", "per_volume_gigabytes",
+                        "backups", "backup_gigabytes", "groups")
+COMPUTE_QUOTAS = ("instances", "cores", "ram", "metadata_items", "key_pairs",
+                  "server_groups", "server_group_members")
+
 compute_opts = [
     cfg.StrOpt("virt_driver", default="libvirt", choices=["libvirt", "fake"]),
     cfg.StrOpt("libvirt_uri", default="qemu:///system"),
@@ -121,6 +150,10 @@ compute_opts = [
     cfg.StrOpt("disk_bus", default="scsi", choices=["scsi", "virtio"],
                help="Bus of attached volumes when the request names no device: scsi "
                     "(virtio-scsi, sdX) or virtio (virtio-blk, vdX)."),
+    cfg.IntOpt("max_disk_devices_to_attach", default=-1, min=-1,
+               help="Most disk devices one server may have (its image's root disk and "
+                    "every volume, the boot volume included); an attach beyond it is "
+                    "refused (403), as in Nova. -1: unlimited. Read by the API."),
     cfg.StrOpt("volume_connector", default="iscsi-direct", choices=["iscsi-direct", "iscsi"],
                help="How this host reaches iSCSI volumes. iscsi-direct: QEMU's own "
                     "initiator, the guest gets a network disk and the host sees nothing. "
@@ -178,6 +211,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(database_opts, group="database")
     conf.register_opts(api_opts, group="api")
     conf.register_opts(service_user_opts, group="service_user")
+    conf.register_opts(quota_opts, group="quota")
     conf.register_opts(volume_opts, group="volume")
     conf.register_opts(compute_opts, group="compute")
     conf.register_opts(image_opts, group="image")
@@ -282,6 +316,7 @@ def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
         ("database", database_opts),
         ("api", api_opts),
         ("service_user", service_user_opts),
+        ("quota", quota_opts),
         ("volume", volume_opts),
         ("compute", compute_opts),
         ("image", image_opts),

@@ -113,3 +113,13 @@ class DeviceDetachFailed(TetherError):
     """The guest did not release the disk; the volume was rolled back to in-use."""
 
     code = 500
+
+
+class OverLimit(TetherError):
+    """Cinder's quota errors: 413 overLimit."""
+
+    code = 413
+
+
+class QuotaExceeded(Forbidden):
+    """Nova's quota errors (and TooManyDiskDevices): 403."""

@@ -45,6 +45,7 @@ from tether.executor import ProcessRunner
 from tether.identity.credentials import PasswordToken, StaticToken, TokenSource
 from tether.image.registry import ImageRegistry
 from tether.notifications import Notifier
+from tether.quota import BLOCK_STORAGE, COMPUTE, UNLIMITED, Locks, Quotas
 from tether.restclient import HttpTransport, Transport, WsgiTransport
 from tether.rpc import COMPUTE_TOPIC, VOLUME_TOPIC, Rpc
 from tether.virt.driver import VirtDriver
@@ -53,7 +54,7 @@ from tether.volume.api import VolumeAPI
 from tether.volume.backends.file import FileBackend
 from tether.volume.compute_client import ComputeClient
 from tether.volume.manager import VolumeManager
-from tether.volume.repository import VolumeRepository
+from tether.volume.repository import DEFAULT_TYPE, VolumeRepository
 from tether.volume.rpcapi import VolumeEndpoint, VolumeRpcApi
 from tether.volume.targets.base import TargetDriver
 
@@ -351,6 +352,19 @@ class ComputeService:
         self.notifier.close()
 
 
+def volume_quota_defaults(conf: cfg.ConfigOpts) -> dict[str, int]:
+    """Cinder's quota resources with ``[quota]``'s defaults, then the one
+    volume type's own (unlimited, as Cinder's per-type quotas default)."""
+    out = {name: int(getattr(conf.quota, name)) for name in config.BLOCK_STORAGE_QUOTAS}
+    for name in ("volumes", "gigabytes", "snapshots"):
+        out[f"{name}_{DEFAULT_TYPE}"] = UNLIMITED
+    return out
+
+
+def compute_quota_defaults(conf: cfg.ConfigOpts) -> dict[str, int]:
+    return {name: int(getattr(conf.quota, name)) for name in config.COMPUTE_QUOTAS}
+
+
 class ApiService:
     """Both APIs (and the image API) of one process.  Each API reaches the
     other side only through that side's REST API, here in process."""
@@ -366,8 +380,11 @@ class ApiService:
         # (the compute app is made below: block storage reaches it once running)
         computes = ComputeClient(WsgiTransport(self._call_compute, config.compute_endpoint(
             conf)), token)
+        locks = Locks(db)
         self.volume_api = VolumeAPI(volumes, VolumeRpcApi(rpc),
                                     volume_host_picker(volumes, down),
+                                    Quotas(db, locks, BLOCK_STORAGE,
+                                           volume_quota_defaults(conf), volumes.usage),
                                     in_use=computes.server_uses_volume,
                                     shared_targets=conf.volume.shared_targets)
         limit = conf.api.max_request_body_size
@@ -378,10 +395,13 @@ class ApiService:
             else HttpTransport(endpoint, timeout=60.0))
         self.volume_client = VolumeClient(self.volume_transport, token)
         self.images = ImageRegistry(db, config.images_dir(conf))
+        servers = ComputeRepository(db)
         self.compute_api = ComputeAPI(
-            ComputeRepository(db), ComputeRpcApi(rpc), self.volume_client,
+            servers, ComputeRpcApi(rpc), self.volume_client,
             lambda: [sv.host for sv in live_services(db, COMPUTE_BINARY, down)],
-            default_bus=conf.compute.disk_bus, images=self.images)
+            Quotas(db, locks, COMPUTE, compute_quota_defaults(conf), servers.usage),
+            default_bus=conf.compute.disk_bus, images=self.images,
+            max_disk_devices=conf.compute.max_disk_devices_to_attach)
         self.compute_app = auth.wrap(compute.create_app(self.compute_api, auth, limit))
         self.image_app = auth.wrap(image.create_app(self.images, auth, limit))
         self.heartbeat = Heartbeat(db, conf.host, API_BINARY, "api")

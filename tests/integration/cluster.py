@@ -111,6 +111,12 @@ target_port = {tgtd.portal_port}
 tgt_control_port = {tgtd.control_port}
 reconcile_interval = 0
 secret_key = {new_key()}
+[quota]
+volumes = -1
+gigabytes = -1
+instances = -1
+cores = -1
+ram = -1
 [compute]
 initiator_iqn = iqn.2010-10.org.tether:{host}
 domain_prefix = tether-{host}-

@@ -17,7 +17,7 @@ import httpx
 
 from tests.harness import wait_for
 from tests.integration.daemons import free_port
-from tests.integration.serve import TETHER
+from tests.integration.serve import TETHER, UNLIMITED_QUOTAS_INI
 
 
 @dataclass
@@ -47,6 +47,8 @@ compute_port = {serve.ports["compute"]}
 volume_port = {serve.ports["volume"]}
 image_port = {serve.ports["image"]}
 default_project = p-fuzz
+[quota]
+{UNLIMITED_QUOTAS_INI}
 [volume]
 target_driver = fake
 reconcile_interval = 0

@@ -19,10 +19,12 @@ from typing import Any
 
 import httpx
 
-from tests.harness import wait_for
+from tests.harness import UNLIMITED_QUOTAS, wait_for
 from tests.integration.daemons import Tgtd, free_port
 
 TETHER = os.path.join(os.path.dirname(sys.executable), "tether")
+# every quota unlimited: tests that are not about quotas create what they need
+UNLIMITED_QUOTAS_INI = "\n".join(f"{name} = -1" for name in UNLIMITED_QUOTAS)
 
 
 @dataclass
@@ -129,6 +131,8 @@ compute_port = {serve.compute_port}
 volume_port = {serve.volume_port}
 image_port = {serve.image_port}
 default_project = {serve.default_project}
+[quota]
+{UNLIMITED_QUOTAS_INI}
 [volume]
 target_port = {tgtd.portal_port}
 tgt_control_port = {tgtd.control_port}

@@ -11,7 +11,7 @@ from typing import Any
 
 import falcon
 
-from tether.api import errors, openapi, volume_types, wsgi
+from tether.api import errors, openapi, quotas, volume_types, wsgi
 from tether.api import volume_views as views
 from tether.api.auth import Authenticator
 from tether.api.openapi import Operation
@@ -26,7 +26,7 @@ from tether.policy import allowed
 from tether.volume.api import VolumeAPI
 from tether.volume.legacy import LegacyActions
 
-COLLECTIONS = ("volumes", "attachments", "types")
+COLLECTIONS = ("volumes", "attachments", "types", *quotas.VOLUME_COLLECTIONS)
 
 
 def _require(req: falcon.Request, minimum: str, what: str) -> None:
@@ -312,6 +312,7 @@ OPERATIONS = (
               "the volume's remaining attachments", 200, since="3.27", errors=(409,)),
     Operation("POST", "/v3/attachments/{attachment_id}/action", "os-complete: the "
               "attachment is in use", 204, body=schemas.ATTACHMENT_ACTION, since="3.44"),
+    *quotas.VOLUME_OPERATIONS,
 )
 DESCRIPTION = ("Cinder v3-compatible. Every /v3/... path is also served as "
                "/v3/{project_id}/...")
@@ -335,4 +336,5 @@ def create_app(api: VolumeAPI, auth: Authenticator,
     app.add_route("/v3/attachments/detail", AttachmentsDetail(api))
     app.add_route("/v3/attachments/{attachment_id}", Attachment(api))
     app.add_route("/v3/attachments/{attachment_id}/action", AttachmentAction(api))
+    quotas.add_volume_routes(app, api.quotas)
     return app

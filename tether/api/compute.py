@@ -12,7 +12,7 @@ from typing import Any
 import falcon
 
 from tether.api import compute_views as views
-from tether.api import errors, identity, openapi, wsgi
+from tether.api import errors, identity, openapi, quotas, wsgi
 from tether.api.auth import Authenticator
 from tether.api.name_filter import NameMatcher, compile_name_filter
 from tether.api.openapi import Operation
@@ -27,7 +27,7 @@ from tether.context import RequestContext
 from tether.exceptions import FlavorNotFound, ServerNotFound
 from tether.policy import allowed, authorize
 
-COLLECTIONS = ("servers", "flavors", "os-volume_attachments")
+COLLECTIONS = ("servers", "flavors", "os-volume_attachments", *quotas.COMPUTE_COLLECTIONS)
 
 
 def _uuid(value: Any, what: str) -> str:
@@ -332,6 +332,7 @@ OPERATIONS = (
     Operation("GET", _S + "/os-instance-actions", "List a server's actions", 200),
     Operation("GET", _S + "/os-instance-actions/{request_id}",
               "Show an action with its steps", 200),
+    *quotas.COMPUTE_OPERATIONS,
 )
 DESCRIPTION = ("Nova v2.1-compatible. Every /v2.1/... path is also served as "
                "/v2.1/{project_id}/...")
@@ -361,4 +362,5 @@ def create_app(api: ComputeAPI, auth: Authenticator,
     app.add_route("/v2.1/servers/{server_id}/os-instance-actions", InstanceActions(api))
     app.add_route("/v2.1/servers/{server_id}/os-instance-actions/{request_id}",
                   InstanceAction(api))
+    quotas.add_compute_routes(app, api.quotas)
     return app

@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from tether import policy
+from tether import faults, policy
 from tether.compute import flavors
 from tether.compute.attach import release_reservation
 from tether.compute.attachments import VolumeAttachmentAPI, shared_target
@@ -43,11 +43,13 @@ from tether.exceptions import (
     FlavorNotFound,
     InstanceInvalidState,
     InstanceLocked,
+    QuotaExceeded,
     ServerNotFound,
     ServiceUnavailable,
     VolumeNotFound,
 )
 from tether.image.registry import ImageRegistry, is_image_id
+from tether.quota import UNLIMITED, Excess, OverQuota, Quotas
 from tether.states import operation as op_states
 from tether.states import server as srv_states
 from tether.states.machine import InvalidTransition
@@ -79,11 +81,23 @@ def nova_state_error(exc: InvalidTransition, server_id: str) -> InstanceInvalidS
                                 f"{exc.column} {shown}.")
 
 
+def quota_exceeded(excess: Excess) -> QuotaExceeded:
+    """Nova's words (and 403) for a server that does not fit the quotas."""
+    r = excess.resource
+    return QuotaExceeded(f"Quota exceeded for {r}: Requested {excess.requested}, but already "
+                         f"used {excess.used} of {excess.limit} {r}. Delete servers of this "
+                         "project or ask an administrator to raise its quota.")
+
+
 class ComputeAPI:
     def __init__(self, repo: ComputeRepository, rpcapi: ComputeRpcApi, volumes: VolumeClient,
-                 live_hosts: LiveHosts, default_bus: str = "scsi",
-                 images: ImageRegistry | None = None) -> None:
+                 live_hosts: LiveHosts, quotas: Quotas, default_bus: str = "scsi",
+                 images: ImageRegistry | None = None,
+                 max_disk_devices: int = UNLIMITED) -> None:
         self.repo = repo
+        self.quotas = quotas
+        # [compute] max_disk_devices_to_attach: disks of one server, -1 unlimited
+        self.max_disk_devices = max_disk_devices
         self.images = images
         self.rpcapi = rpcapi
         self.volumes = volumes
@@ -239,28 +253,43 @@ class ComputeAPI:
             image_ref = self.images.bootable(ctx, image_ref).id  # 400 unless it can boot
         host = self._pick_host()
         vol = self.volume(ctx, root_volume.volume_id) if root_volume is not None else None
-        with self.repo.begin() as c:
-            inst = self.repo.new_server(c, {
-                "uuid": str(uuid.uuid4()), "name": name, "project_id": ctx.project_id,
-                "user_id": ctx.user_id, "host": host, "flavor_id": flavor.id,
-                "vcpus": flavor.vcpus, "memory_mb": flavor.ram, "image_ref": image_ref,
-                "power_state": srv_states.POWER_NOSTATE, "locked": False, "meta": {}})
-            root = None
-            if root_volume is not None and vol is not None:
-                root = self.repo.claim_bdm(c, {
-                    "uuid": str(uuid.uuid4()), "instance_uuid": inst.uuid,
-                    "volume_id": root_volume.volume_id, "device_name": "/dev/vda",
-                    "disk_bus": "virtio", "boot_index": 0, "source_type": "volume",
-                    "destination_type": "volume", "shared_target": shared_target(vol),
-                    "delete_on_termination": root_volume.delete_on_termination})
-            row = self.ops.new(c, ctx, inst.uuid, "create",
-                               status=op_states.QUEUED if root is None else op_states.API,
-                               args={"root_bdm": root.uuid if root else None})
+        try:  # counted and inserted in one transaction, the project locked
+            with self.quotas.claim(ctx.project_id, {"instances": 1, "cores": flavor.vcpus,
+                                                    "ram": flavor.ram}) as c:
+                inst, root, row = self._new_server(c, ctx, name, flavor, host, image_ref,
+                                                   root_volume, vol)
+        except OverQuota as exc:
+            raise quota_exceeded(exc.excess) from None
+        faults.point("quota:server_committed")
         if root is not None:
             with self.running(row.id):
                 row = self._reserve_root(ctx, inst, root, row)
         self.hand_over(ctx, host, row)
         return inst
+
+    def _new_server(self, c: Tx, ctx: RequestContext, name: str, flavor: flavors.Flavor,
+                    host: str, image_ref: str | None, root_volume: RootVolume | None,
+                    vol: VolumeRef | None) -> tuple[InstanceRecord, BdmRecord | None,
+                                                    ActionRecord]:
+        """The server, its boot volume's mapping and the operation (in ``c``)."""
+        inst = self.repo.new_server(c, {
+            "uuid": str(uuid.uuid4()), "name": name, "project_id": ctx.project_id,
+            "user_id": ctx.user_id, "host": host, "flavor_id": flavor.id,
+            "vcpus": flavor.vcpus, "memory_mb": flavor.ram, "image_ref": image_ref,
+            "power_state": srv_states.POWER_NOSTATE, "locked": False, "meta": {}})
+        root = None
+        if root_volume is not None and vol is not None:
+            root = self.repo.claim_bdm(c, {
+                "uuid": str(uuid.uuid4()), "instance_uuid": inst.uuid,
+                "volume_id": root_volume.volume_id, "device_name": "/dev/vda",
+                "disk_bus": "virtio", "boot_index": 0, "source_type": "volume",
+                "destination_type": "volume", "shared_target": shared_target(vol),
+                "delete_on_termination": root_volume.delete_on_termination})
+        row = self.ops.new(c, ctx, inst.uuid, "create",
+                           status=op_states.QUEUED if root is None else op_states.API,
+                           args={"root_bdm": root.uuid if root else None})
+        faults.point("quota:server_inserted")
+        return inst, root, row
 
     def _reserve_root(self, ctx: RequestContext, inst: InstanceRecord, root: BdmRecord,
                       row: ActionRecord) -> ActionRecord:

@@ -41,6 +41,7 @@ from tether.exceptions import (
     InstanceInvalidState,
     InvalidInput,
     InvalidVolume,
+    QuotaExceeded,
     VolumeNotAttached,
 )
 from tether.image.registry import is_image_id
@@ -145,6 +146,7 @@ class VolumeAttachmentAPI:
                     self.c.apply_event(c, inst, "attach_volume")
                     bdms = self.repo.live_bdms(c, inst.uuid)
                     self._check_not_attached(inst.uuid, vol.id, bdms)
+                    self._check_disk_count(inst, bdms)
                     bus, name = self._device(device, [b.device_name for b in bdms], image_bus)
                     bdm = self.repo.claim_bdm(c, {
                         "uuid": str(uuid.uuid4()), "instance_uuid": inst.uuid,
@@ -163,6 +165,17 @@ class VolumeAttachmentAPI:
                                    "another request; choose another device.") from None
                 continue  # another request took the name we picked: pick again
         raise Conflict(f"Could not claim a device of server {inst.uuid} (busy); retry.")
+
+    def _check_disk_count(self, inst: InstanceRecord, bdms: list[BdmRecord]) -> None:
+        """Nova's ``max_disk_devices_to_attach``: the server's disks (its
+        image's root disk, every live mapping) and this one.  Counted after
+        the guard's UPDATE of the server, so two attaches cannot both fit."""
+        limit = self.c.max_disk_devices
+        disks = len(bdms) + (1 if inst.image_ref is not None else 0)
+        if 0 <= limit < disks + 1:
+            raise QuotaExceeded(f"The maximum allowed number of disk devices ({limit}) to "
+                                f"attach to a single instance has been exceeded: server "
+                                f"{inst.uuid} has {disks}. Detach one first.")
 
     @staticmethod
     def _check_not_attached(server_id: str, volume_id: str, bdms: list[BdmRecord]) -> None:

@@ -176,6 +176,16 @@ class ComputeRepository:
         return {host: n for host, n in rows if host is not None}
 
     @staticmethod
+    def usage(c: Tx, project_id: str) -> dict[str, int]:
+        """What a project's live servers count against its quotas (a server
+        being deleted counts until it is gone, as in Nova)."""
+        count, cores, ram = c.execute(select(
+            func.count(), func.coalesce(func.sum(_I["vcpus"]), 0),
+            func.coalesce(func.sum(_I["memory_mb"]), 0)).where(
+            _I["project_id"] == project_id, _I["deleted"].is_(False))).one()
+        return {"instances": int(count), "cores": int(cores), "ram": int(ram)}
+
+    @staticmethod
     def new_server(c: Tx, values: Mapping[str, Any]) -> InstanceRecord:
         return INSTANCES.insert(c, {**values, "vm_state": srv_states.BUILDING,
                                     "task_state": srv_states.SPAWNING,

@@ -193,6 +193,37 @@ class InstanceActionEvent(Base):
     __table_args__ = (Index("ix_action_events_action", "action_id"),)
 
 
+class Quota(Base):
+    """A project's limit on one resource (``volumes``, ``instances`` ...),
+    where it differs from the ``[quota]`` default.  Usage is never stored:
+    it is counted from the rows it is made of (volumes, instances) when it
+    is needed, so that it can never drift from them."""
+
+    __tablename__ = "quotas"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    resource: Mapped[str] = mapped_column(String(64))
+    hard_limit: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+    __table_args__ = (Index("uq_quotas_project_resource", "project_id", "resource",
+                            unique=True),)
+
+
+class QuotaLock(Base):
+    """One row per (project, area): what a create locks (an UPDATE of it)
+    before it counts the project's usage and inserts, so that two creates
+    of one project are serialized on every database."""
+
+    __tablename__ = "quota_locks"
+
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    area: Mapped[str] = mapped_column(String(16), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class Image(TimestampMixin, Base):
     """An image servers boot from (Glance v2's shape). ``file`` names its
     data in the compute hosts' images directory; a machine image without a

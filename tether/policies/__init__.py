@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from oslo_policy import policy
 
-from tether.policies import base, block_storage, compute, image
+from tether.policies import base, block_storage, compute, image, quotas
 
 PUBLIC = ("/", "/v2", "/v2.1", "/v3", "/openapi.json", "/identity", "/identity/v3")
 """Paths served without a token (version documents, the OpenAPI documents,
@@ -21,4 +21,5 @@ the static identity discovery documents): no rule applies."""
 
 def list_rules() -> list[policy.RuleDefault]:
     """Every default, base rules first (what ``tether policy generate`` writes)."""
-    return [*base.RULES, *compute.RULES, *block_storage.RULES, *image.RULES]
+    return [*base.RULES, *compute.RULES, *block_storage.RULES, *image.RULES,
+            *quotas.RULES]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tether import policy
+from tether import faults, policy
 from tether.connection import ConnectionInfo, Connector
 from tether.context import RequestContext
 from tether.db.api import Tx
@@ -32,12 +32,14 @@ from tether.exceptions import (
     Conflict,
     InvalidInput,
     InvalidVolume,
+    OverLimit,
     ServiceUnavailable,
     VolumeNotFound,
 )
+from tether.quota import Excess, OverQuota, Quotas
 from tether.states import attachment as att_states
 from tether.states import volume as vol_states
-from tether.volume.repository import VolumeRepository
+from tether.volume.repository import DEFAULT_TYPE, VolumeRepository
 from tether.volume.rpcapi import VolumeRpcApi
 
 LOG = logging.getLogger(__name__)
@@ -66,11 +68,33 @@ def _unchanged(checked: AttachmentRecord, now: AttachmentRecord) -> None:
                        "try again.")
 
 
+def over_limit(excess: Excess) -> OverLimit:
+    """Cinder's words (and 413) for a volume that does not fit the quotas."""
+    r, used, limit = excess.resource, excess.used, excess.limit
+    if r == "per_volume_gigabytes":
+        return OverLimit(f"VolumeSizeExceedsLimit: Requested volume size {excess.requested}G "
+                         f"is larger than maximum allowed limit {limit}G.")
+    if r.startswith("gigabytes"):
+        return OverLimit(f"VolumeSizeExceedsAvailableQuota: Requested volume or snapshot "
+                         f"exceeds allowed {r} quota. Requested {excess.requested}G, quota "
+                         f"is {limit}G and {used}G has been consumed.")
+    return OverLimit(f"VolumeLimitExceeded: Maximum number of volumes allowed ({limit}) "
+                     f"exceeded for quota '{r}'. Delete volumes of this project or ask an "
+                     "administrator to raise its quota.")
+
+
+def requested_quota(size: int) -> dict[str, int]:
+    """What one new volume of ``size`` GiB takes (in Cinder's order of checks)."""
+    return {"per_volume_gigabytes": size, "volumes": 1, "gigabytes": size,
+            f"volumes_{DEFAULT_TYPE}": 1, f"gigabytes_{DEFAULT_TYPE}": size}
+
+
 class VolumeAPI:
     def __init__(self, repo: VolumeRepository, rpcapi: VolumeRpcApi,
-                 pick_host: Callable[[], tuple[str, str]],
+                 pick_host: Callable[[], tuple[str, str]], quotas: Quotas,
                  in_use: InUseCheck = _never_in_use, shared_targets: bool = False) -> None:
         self.repo = repo
+        self.quotas = quotas
         self.rpcapi = rpcapi
         self.pick_host = pick_host  # -> (host, service uuid) of a live volume service
         # CVE-2023-2088: whether a server still uses a volume (the Compute API's answer)
@@ -137,7 +161,8 @@ class VolumeAPI:
     def create(self, ctx: RequestContext, size: int, name: str | None,
                description: str | None, metadata: dict[str, str],
                multiattach: bool) -> VolumeRecord:
-        """Recorded ``creating`` on a live backend, then cast to it.  If the
+        """Recorded ``creating`` on a live backend (counted against the
+        project's quotas in the same transaction), then cast to it.  If the
         cast is lost (or the backend dies), the backend finds the volume still
         ``creating`` when it starts again and creates it then."""
         policy.authorize(ctx, "volume:create")
@@ -145,13 +170,19 @@ class VolumeAPI:
             raise InvalidInput(f"Invalid input received: size must be an integer between 1 "
                                f"and {MAX_SIZE_GIB} GiB, got {size}.")
         host, service_uuid = self.pick_host()
-        with self.repo.begin() as c:
-            vol = self.repo.new_volume(c, {
-                "id": str(uuid.uuid4()), "project_id": ctx.project_id,
-                "user_id": ctx.user_id, "name": name, "description": description,
-                "size": size, "multiattach": multiattach, "meta": dict(metadata),
-                "host": host, "service_uuid": service_uuid,
-                "shared_targets": self.shared_targets})
+        values = {
+            "id": str(uuid.uuid4()), "project_id": ctx.project_id,
+            "user_id": ctx.user_id, "name": name, "description": description,
+            "size": size, "multiattach": multiattach, "meta": dict(metadata),
+            "host": host, "service_uuid": service_uuid,
+            "shared_targets": self.shared_targets}
+        try:  # counted and inserted in one transaction, the project locked
+            with self.quotas.claim(ctx.project_id, requested_quota(size)) as c:
+                vol = self.repo.new_volume(c, values)
+                faults.point("quota:volume_inserted")
+        except OverQuota as exc:
+            raise over_limit(exc.excess) from None
+        faults.point("quota:volume_committed")
         self.rpcapi.create_volume(ctx, host, vol.id)
         return vol
 

@@ -37,6 +37,7 @@ from tether.states import volume as vol_states
 from tether.states.machine import StateMachine, Value
 
 R = TypeVar("R")
+DEFAULT_TYPE = "__DEFAULT__"  # the one volume type (tether.api.volume_types)
 _V, _A = VOLUMES.columns, ATTACHMENTS.columns
 _GATEWAYS: dict[str, Gateway[Any]] = {vol_states.MACHINE.resource: VOLUMES,
                                       att_states.MACHINE.resource: ATTACHMENTS}
@@ -136,6 +137,16 @@ class VolumeRepository:
         rows = c.execute(select(_V["host"], func.count()).where(
             _V["deleted"].is_(False)).group_by(_V["host"])).all()
         return {host: n for host, n in rows if host is not None}
+
+    @staticmethod
+    def usage(c: Tx, project_id: str) -> dict[str, int]:
+        """What a project's live volumes count against its quotas (every
+        volume is of the one type, so its per-type quotas count the same)."""
+        count, size = c.execute(select(func.count(), func.coalesce(func.sum(_V["size"]), 0))
+                                .where(_V["project_id"] == project_id,
+                                       _V["deleted"].is_(False))).one()
+        return {"volumes": int(count), "gigabytes": int(size),
+                f"volumes_{DEFAULT_TYPE}": int(count), f"gigabytes_{DEFAULT_TYPE}": int(size)}
 
     @staticmethod
     def new_volume(c: Tx, values: Mapping[str, Any]) -> VolumeRecord:
