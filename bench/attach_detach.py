@@ -179,7 +179,8 @@ def start_serve(state: str, code: str | None = None) -> subprocess.Popen[bytes]:
     package it runs instead of this one (to compare revisions in one run)."""
     conf = os.path.join(state, "tether.conf")
     with open(conf, "w") as f:
-        f.write(f"[api]\ncompute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n"
+        f.write("[api]\nauth_strategy = noauth\n"
+                f"compute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n"
                 f"image_port = {IMAGE_PORT}\n")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tether"),
                              "--config-file", conf, "--state-dir", state, "serve"],

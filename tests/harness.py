@@ -137,7 +137,7 @@ class Tether:
         base: dict[str, dict[str, object]] = {
             "DEFAULT": {"transport_url": f"tether-inproc://{uuid.uuid4().hex}",
                         "host": "testhost"},
-            "api": {"service_token": "test-service-token"},
+            "api": {"service_token": "test-service-token", "auth_strategy": "noauth"},
         }
         for group, values in (overrides or {}).items():
             base.setdefault(group, {}).update(values)
