@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from tests.integration.daemons import ensure_database_server
 from tests.unit.db.prepared_cases import CASES
+from tests.unit.identity.store_cases import CASES as IDENTITY_CASES
 from tether.db import migrate
 from tether.db.api import Database
 from tether.db.records import VOLUMES
@@ -65,3 +67,12 @@ def test_migrations_and_conditional_update(db: Database) -> None:
 def test_prepared_statements(db: Database, case: Callable[[Database], None]) -> None:
     migrate.upgrade(db)
     case(db)
+
+
+@pytest.mark.parametrize("case", IDENTITY_CASES, ids=lambda c: c.__name__)
+def test_identity_store(db: Database, tmp_path: Path,
+                        case: Callable[[Database, str], None]) -> None:
+    """The local identity (unique names, role revisions, the first-start
+    bootstrap of two processes at once) on PostgreSQL and MariaDB."""
+    migrate.upgrade(db)
+    case(db, str(tmp_path))

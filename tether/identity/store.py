@@ -288,8 +288,8 @@ class IdentityStore:
         hashed = hash_secret(secret, self.params)
         with self.db.begin() as c:
             user, project = self._user(c, user_ref), self._project(c, project_ref)
-            held = {row[0] for row in _ROLES_OF.rows(c, {"user_id": user.id,
-                                                          "project_id": project.id})}
+            held = set(expand([row[0] for row in _ROLES_OF.rows(
+                c, {"user_id": user.id, "project_id": project.id})]))
             wanted = sorted(held) if roles is None else sorted({_check_role(r) for r in roles})
             if not wanted or not set(wanted) <= held:
                 raise InvalidInput(
