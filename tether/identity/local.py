@@ -103,6 +103,11 @@ class LocalIdentity:
                                         roles, state, app_credential_id=cred.id)
         return Issued(token, data)
 
+    def token_for(self, user_ref: str, project_ref: str) -> Issued:
+        """A token without a password, for a caller that holds the database
+        and the key already (``tether volume list`` on the host)."""
+        return self._scoped(self.store.user(user_ref), self.store.project(project_ref))
+
     def validate(self, token: str) -> TokenData:
         return self.tokens.validate(token)
 
@@ -136,6 +141,18 @@ def make(conf: cfg.ConfigOpts, db: Database) -> LocalIdentity:
     tokens = Tokens(store, token_key(conf), conf.identity.token_expiration,
                     conf.identity.revocation_check_interval)
     return LocalIdentity(store, tokens)
+
+
+def admin_token(conf: cfg.ConfigOpts) -> str:
+    """A token of the bootstrap ``admin`` user on project ``admin``, made
+    from the database and the key (client commands run on the host)."""
+    from tether.service import open_database
+
+    db = open_database(conf, upgrade=False)
+    try:
+        return make(conf, db).token_for(ADMIN_USER, ADMIN_PROJECT).token
+    finally:
+        db.dispose()
 
 
 def service_password(conf: cfg.ConfigOpts) -> str:
