@@ -57,6 +57,29 @@ def clouds_yaml(serve: Serve, tokens: dict[str, str]) -> str:
     return text
 
 
+def clouds_yaml_password(serve: Serve, accounts: dict[str, tuple[str, str, str]]) -> str:
+    """The README's clouds.yaml for the local identity (``auth_type: password``;
+    every endpoint from the token's catalog): per ``accounts`` item, a cloud
+    of that name for (user, password, project)."""
+    text = "clouds:\n"
+    for name, (user, password, project) in accounts.items():
+        text += f"""  {name}:
+    auth_type: password
+    auth:
+      auth_url: {serve.identity_url}
+      username: "{user}"
+      password: "{password}"
+      project_name: "{project}"
+      user_domain_name: Default
+      project_domain_name: Default
+    region_name: RegionOne
+    identity_api_version: "3"
+    volume_api_version: "3"
+    has_network: false
+"""
+    return text
+
+
 @dataclass
 class Clients:
     serve: Serve

@@ -168,7 +168,7 @@ def service_password(conf: cfg.ConfigOpts) -> str:
 def bootstrap(conf: cfg.ConfigOpts, store: IdentityStore) -> None:
     """At first start: project ``admin`` with user ``admin`` (role admin, its
     password generated into ``<state_dir>/admin-password``) and the
-    ``[service_user]`` with role service on its project.  Safe to run by two
+    ``[service_user]`` with roles service and admin on its project.  Safe to run by two
     processes at once on one database: names are unique, the loser of an
     insert reads the winner's row."""
     folder = statedir.directory(conf.state_dir, statedir.state_dir_mode(conf))
@@ -187,7 +187,11 @@ def bootstrap(conf: cfg.ConfigOpts, store: IdentityStore) -> None:
     su = conf.service_user
     if not _exists(store, su.username):
         _ensure_user(store, su.username, service_password(conf))
-        _ensure_role(store, su.username, su.project_name, "service")
+        # service: passes the CVE-2023-2088 checks; admin: sees every
+        # project's volumes and servers, since Tether's services call the
+        # other side with their own token alone (Nova adds the user's)
+        for role in ("service", "admin"):
+            _ensure_role(store, su.username, su.project_name, role)
 
 
 def _exists(store: IdentityStore, user_name: str) -> bool:

@@ -136,7 +136,8 @@ def bootstrap_twice_at_once_one_state_dir(db: Database, tmp: str) -> None:
     admin = store.user("admin")
     assert store.roles(admin.id, store.project("admin").id) == ("reader", "member", "admin")
     svc = store.user("tether")
-    assert store.roles(svc.id, store.project("service").id) == ("service",)
+    assert store.roles(svc.id, store.project("service").id) == ("reader", "member", "admin",
+                                                                "service")
     with open(os.path.join(conf.state_dir, "service_password")) as f:  # type: ignore[attr-defined]
         assert store.check_password("tether", f.read().strip()) is not None
     local.bootstrap(conf, store)  # a restart: nothing changes
