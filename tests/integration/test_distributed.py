@@ -13,9 +13,12 @@ from tests.integration.cluster import Cluster, distributed
 from tests.integration.daemons import Tgtd
 
 
-@pytest.fixture
-def cluster(tmp_path: Any, tgtd: Tgtd, libvirtd: None, rabbit: str) -> Iterator[Cluster]:
-    with distributed(str(tmp_path), tgtd) as c:
+@pytest.fixture(params=["noauth", "local"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Any, tgtd: Tgtd, libvirtd: None,
+            rabbit: str) -> Iterator[Cluster]:
+    """Both ways to know callers; with local, the compute process gets its
+    service token from the API process's identity over HTTP."""
+    with distributed(str(tmp_path), tgtd, auth_strategy=request.param) as c:
         yield c
 
 
