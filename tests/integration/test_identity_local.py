@@ -22,6 +22,7 @@ from tests.integration.clients import Clients, clouds_yaml_password, ensure_clie
 from tests.integration.daemons import Tgtd
 from tests.integration.serve import Serve, tether_serve
 from tests.integration.stack import domain_xml
+from tests.integration.test_openstack_clients import SDK_SCRIPT
 from tether import config
 from tether.db.api import Database
 from tether.identity.store import IdentityStore
@@ -185,15 +186,20 @@ def test_application_credential(serve: Serve) -> None:
                  "the deleted credential's token refused")
 
 
-def test_openstack_cli_with_password_auth(serve: Serve,
-                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.fixture(scope="module")
+def clients(serve: Serve, tmp_path_factory: pytest.TempPathFactory) -> Clients:
+    """The README's ``auth_type: password`` clouds: ``tether`` the admin,
+    ``tether-member`` the member of the test's project."""
     ensure_client_venv()
     path = os.path.join(str(tmp_path_factory.mktemp("clouds")), "clouds.yaml")
     with open(path, "w") as f:
         f.write(clouds_yaml_password(serve, {
             "tether": ("admin", serve.admin_password(), "admin"),
             "tether-member": (f"member-{TAG}", PASSWORDS["member"], PROJECT)}))
-    clients = Clients(serve, path)
+    return Clients(serve, path)
+
+
+def test_openstack_cli_with_password_auth(serve: Serve, clients: Clients) -> None:
     issued = clients.openstack("token", "issue", "-f", "json", cloud="tether-member")
     assert issued["project_id"] == _store(serve).project(PROJECT).id
     name = f"osc-{TAG}"
@@ -201,9 +207,38 @@ def test_openstack_cli_with_password_auth(serve: Serve,
                              cloud="tether-member")
     serve.wait_volume(_token(serve, "member"), made["id"], "available")
     listed = clients.openstack("volume", "list", "-f", "json", cloud="tether-member")
-    assert [v["Name"] for v in listed] == [name]
+    assert name in [v["Name"] for v in listed]
     every = clients.openstack("volume", "list", "--all-projects", "-f", "json")
     assert name in [v["Name"] for v in every]
     clients.openstack("volume", "delete", made["id"], cloud="tether-member")
     servers = clients.openstack("server", "list", "-f", "json", cloud="tether-member")
     assert {s["Name"] for s in servers} <= {f"ids-{TAG}"}  # the member's, if any
+
+
+def test_openstacksdk_attach_detach_with_password_auth(serve: Serve, clients: Clients) -> None:
+    member = _token(serve, "member")
+    server_name, volume_name = f"sdk-vm-{TAG}", f"sdk-vol-{TAG}"
+    sid = serve.create_server(member, server_name)
+    vid = clients.sdk(SDK_SCRIPT, "create", server_name, volume_name,
+                      cloud="tether-member")["id"]
+    assert serve.volume(member, vid)["os-vol-tenant-attr:tenant_id"] == \
+        _store(serve).project(PROJECT).id
+    out = clients.sdk(SDK_SCRIPT, "attach", server_name, volume_name, cloud="tether-member")
+    assert (out["status"], out["attached_to"]) == ("in-use", [sid])
+    assert disk_alias(vid) in domain_xml(sid)
+    out = clients.sdk(SDK_SCRIPT, "detach", server_name, volume_name, cloud="tether-member")
+    assert out["status"] == "available"
+    assert disk_alias(vid) not in domain_xml(sid)
+    assert clients.sdk(SDK_SCRIPT, "delete", server_name, volume_name,
+                       cloud="tether-member")["deleted"] is True
+
+
+def test_cinderclient_and_novaclient_with_password_auth(serve: Serve, clients: Clients) -> None:
+    auth = ["--os-auth-url", serve.identity_url, "--os-username", f"member-{TAG}",
+            "--os-password", PASSWORDS["member"], "--os-project-name", PROJECT,
+            "--os-user-domain-name", "Default", "--os-project-domain-name", "Default"]
+    bin_dir = os.path.dirname(clients.env()["PATH"].split(os.pathsep)[0] + "/x")
+    listed = clients.run([os.path.join(bin_dir, "cinder"), *auth, "list"], clients.env())
+    assert "ID" in listed
+    servers = clients.run([os.path.join(bin_dir, "nova"), *auth, "list"], clients.env())
+    assert "ID" in servers
