@@ -168,30 +168,32 @@ def service_password(conf: cfg.ConfigOpts) -> str:
 def bootstrap(conf: cfg.ConfigOpts, store: IdentityStore) -> None:
     """At first start: project ``admin`` with user ``admin`` (role admin, its
     password generated into ``<state_dir>/admin-password``) and the
-    ``[service_user]`` with roles service and admin on its project.  Safe to run by two
-    processes at once on one database: names are unique, the loser of an
-    insert reads the winner's row."""
+    ``[service_user]`` with roles service and admin on its project.  Each
+    account is made in one transaction (a crash leaves none or all of it);
+    safe to run by two processes at once on one database: names are unique,
+    the loser of an insert keeps the winner's account."""
     folder = statedir.directory(conf.state_dir, statedir.state_dir_mode(conf))
     if not _exists(store, ADMIN_USER):
         path = os.path.join(folder, ADMIN_PASSWORD_FILE)
         password = statedir.read_or_create(path, secrets.token_urlsafe(24) + "\n").strip()
-        admin = _ensure_user(store, ADMIN_USER, password)
-        if verify_secret(password, admin.password_hash):
+        try:
+            store.create_account(ADMIN_USER, password, ADMIN_PROJECT, ("admin",))
             LOG.info("local identity: user %s created; its password is in %s", ADMIN_USER,
                      path)
-        else:  # created by another process with its own password file
-            os.unlink(path)
-            LOG.warning("local identity: user %s was created by another process; its "
-                        "password is in that process's state dir", ADMIN_USER)
-        _ensure_role(store, ADMIN_USER, ADMIN_PROJECT, "admin")
+        except IdentityConflict:
+            if not verify_secret(password, store.user(ADMIN_USER).password_hash):
+                # made by a process of another host, with its own password file
+                os.unlink(path)
+                LOG.warning("local identity: user %s was created by another process; its "
+                            "password is in that process's state dir", ADMIN_USER)
     su = conf.service_user
     if not _exists(store, su.username):
-        _ensure_user(store, su.username, service_password(conf))
         # service: passes the CVE-2023-2088 checks; admin: sees every
         # project's volumes and servers, since Tether's services call the
         # other side with their own token alone (Nova adds the user's)
-        for role in ("service", "admin"):
-            _ensure_role(store, su.username, su.project_name, role)
+        with contextlib.suppress(IdentityConflict):  # made meanwhile elsewhere
+            store.create_account(su.username, service_password(conf), su.project_name,
+                                 ("service", "admin"))
 
 
 def _exists(store: IdentityStore, user_name: str) -> bool:
@@ -200,20 +202,6 @@ def _exists(store: IdentityStore, user_name: str) -> bool:
     except IdentityNotFound:
         return False
     return True
-
-
-def _ensure_user(store: IdentityStore, name: str, password: str) -> UserRecord:
-    try:
-        return store.create_user(name, password)
-    except IdentityConflict:
-        return store.user(name)
-
-
-def _ensure_role(store: IdentityStore, user: str, project: str, role: str) -> None:
-    # there already, or made by another process at this moment: fine
-    with contextlib.suppress(IdentityConflict):
-        store.create_project(project)
-    store.add_role(user, project, role)
 
 
 __all__ = ["AuthFailed", "InvalidToken", "Issued", "LocalIdentity", "bootstrap", "make"]

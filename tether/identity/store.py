@@ -152,6 +152,35 @@ class IdentityStore:
         except Duplicate as exc:
             raise IdentityConflict(f"A user named {name!r} already exists.") from exc
 
+    def create_account(self, name: str, password: str, project_name: str,
+                       roles: tuple[str, ...]) -> UserRecord:
+        """A user with ``roles`` on a project (made if missing), all in one
+        transaction: a process dying on the way leaves nothing half made.
+        IdentityConflict if the user exists (made meanwhile by another
+        process, say)."""
+        _check_name("user", name)
+        for role in roles:
+            _check_role(role)
+        hashed = hash_secret(password, self.params)
+        for _ in range(3):
+            try:
+                with self.db.begin() as c:
+                    project = PROJECTS.first(c, _PROJECT_BY_NAME, {"name": project_name}) \
+                        or PROJECTS.insert(c, {"id": new_id(), "name": project_name,
+                                               "enabled": True, "revision": 0})
+                    user = USERS.insert(c, {"id": new_id(), "name": name,
+                                            "password_hash": hashed, "enabled": True,
+                                            "revision": 0})
+                    for role in roles:
+                        ROLE_ASSIGNMENTS.insert(c, {"user_id": user.id,
+                                                    "project_id": project.id, "role": role})
+                    return user
+            except Duplicate as exc:
+                if exc.table == USERS.table.name:
+                    raise IdentityConflict(f"A user named {name!r} already exists.") from exc
+                # the project was made by another process meanwhile: again
+        raise IdentityConflict(f"Could not create project {project_name!r} for {name!r}.")
+
     def users(self) -> list[UserRecord]:
         with self.db.begin() as c:
             return USERS.all(c, by(USERS, order=[_U["name"]]))

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from oslo_config import cfg
 
 from tether import config
 from tether.db.api import Database
@@ -52,8 +53,8 @@ def users_projects_and_roles(db: Database, tmp: str) -> None:
     store.add_role("alice", "p1", "reader")
     store.set_password("alice", "new")
     assert store.check_password("alice", "new") is not None
-    assert store.token_state(alice.id, project.id).user_revision == \
-        after.user_revision + 1  # type: ignore[union-attr]
+    changed = store.token_state(alice.id, project.id)
+    assert changed is not None and changed.user_revision == after.user_revision + 1
     store.delete_project("p1")
     assert store.assignments(user_ref="alice") == []
     assert store.token_state(alice.id, project.id) is None
@@ -96,7 +97,7 @@ def revoked_tokens(db: Database, tmp: str) -> None:
     assert store.revoked_tokens() == frozenset({"a" * 32})
 
 
-def _conf(state: str) -> object:
+def _conf(state: str) -> cfg.ConfigOpts:
     os.makedirs(state, exist_ok=True)
     return config.load(state_dir=state, overrides={"identity": {"scrypt_n": 16,
                                                                 "scrypt_r": 1}})
@@ -129,7 +130,7 @@ def bootstrap_twice_at_once_one_state_dir(db: Database, tmp: str) -> None:
     store = store_of(db)
     assert [u.name for u in store.users()] == ["admin", "tether"]
     assert [p.name for p in store.projects()] == ["admin", "service"]
-    path = os.path.join(conf.state_dir, "admin-password")  # type: ignore[attr-defined]
+    path = os.path.join(conf.state_dir, "admin-password")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with open(path) as f:
         assert store.check_password("admin", f.read().strip()) is not None
@@ -138,7 +139,7 @@ def bootstrap_twice_at_once_one_state_dir(db: Database, tmp: str) -> None:
     svc = store.user("tether")
     assert store.roles(svc.id, store.project("service").id) == ("reader", "member", "admin",
                                                                 "service")
-    with open(os.path.join(conf.state_dir, "service_password")) as f:  # type: ignore[attr-defined]
+    with open(os.path.join(conf.state_dir, "service_password")) as f:
         assert store.check_password("tether", f.read().strip()) is not None
     local.bootstrap(conf, store)  # a restart: nothing changes
     assert store.user("admin") == admin
@@ -152,7 +153,7 @@ def bootstrap_twice_at_once_two_hosts(db: Database, tmp: str) -> None:
     _together(*(lambda c=c: local.bootstrap(c, store_of(db)) for c in confs))
     store = store_of(db)
     assert [u.name for u in store.users()].count("admin") == 1
-    files = [os.path.join(c.state_dir, "admin-password") for c in confs]  # type: ignore[attr-defined]
+    files = [os.path.join(c.state_dir, "admin-password") for c in confs]
     kept = [p for p in files if os.path.exists(p)]
     assert len(kept) == 1
     with open(kept[0]) as f:

@@ -74,11 +74,12 @@ def test_tampered_payload_or_signature_or_other_key(ident: LocalIdentity,
     data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     data["r"] = ["reader", "member", "admin"]
     forged = base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-    other = Tokens(ident.store, b"x" * 32, 600, clock=clock)
-    for bad in (f"{prefix}.{forged}.{mac}", f"{prefix}.{payload}.{mac[:-2]}AA",
-                other.issue("u", "u", "p", "p", ("admin",), ident.store.token_state(
-                    ident.validate(token).user_id, ident.validate(token).project_id)
-                )[0],  # type: ignore[arg-type]
+    data = ident.validate(token)
+    state = ident.store.token_state(data.user_id, data.project_id)
+    assert state is not None
+    other_key, _ = Tokens(ident.store, b"x" * 32, 600, clock=clock).issue(
+        data.user_id, data.user_name, data.project_id, data.project_name, ("admin",), state)
+    for bad in (f"{prefix}.{forged}.{mac}", f"{prefix}.{payload}.{mac[:-2]}AA", other_key,
                 "alice:p1", "tt1.é.ü", "tt1..", ""):
         with pytest.raises(InvalidToken):
             ident.validate(bad)
