@@ -85,8 +85,11 @@ def cmd_serve(conf: Any, args: argparse.Namespace) -> int:
     print(f"tether serve: block storage on http://{conf.api.bind_host}:"
           f"{app.api.servers[0].port}/v3 (state dir {conf.state_dir})", flush=True)
     if app.api.identity is not None:
-        print(f"tether serve: identity on {config.identity_endpoint(conf)} (user admin, "
-              f"password in {os.path.join(conf.state_dir, 'admin-password')})", flush=True)
+        password_file = os.path.join(conf.state_dir, "admin-password")
+        where = (f" (user admin, password in {password_file})"
+                 if os.path.exists(password_file) else "")
+        print(f"tether serve: identity on {config.identity_endpoint(conf)}{where}",
+              flush=True)
     try:
         _wait_for_signal()
     finally:
