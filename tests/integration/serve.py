@@ -93,7 +93,9 @@ class Serve:
             return vol if vol["status"] == status else None
         return dict(wait_for(check, timeout, f"volume {vid} {status}"))
 
-    def create_server(self, token: str, name: str) -> str:
+    def create_server(self, token: str, name: str, timeout: float = 240) -> str:
+        """A server, ACTIVE (``timeout``: a busy shared libvirtd can take a
+        minute or more to start a guest)."""
         with self.http(token) as c:
             res = c.post(f"{self.compute_url}/servers",
                          json={"server": {"name": name, "flavorRef": "1"}})
@@ -101,7 +103,7 @@ class Serve:
             sid: str = res.json()["server"]["id"]
             self.servers.append(sid)
             wait_for(lambda: c.get(f"{self.compute_url}/servers/{sid}").json()[
-                "server"]["status"] == "ACTIVE", 60, f"server {sid} ACTIVE")
+                "server"]["status"] == "ACTIVE", timeout, f"server {sid} ACTIVE")
         return sid
 
     def delete_servers(self, token: str) -> None:
