@@ -36,7 +36,7 @@ database_opts = [
 ]
 
 # [api] auth_strategy: one name per mode, in the order `tether config sample` lists them
-AUTH_STRATEGIES = ["local", "noauth"]
+AUTH_STRATEGIES = ["local", "keystone", "noauth"]
 
 api_opts = [
     cfg.StrOpt("bind_host", default="127.0.0.1", help="Address the APIs listen on."),
@@ -46,7 +46,9 @@ api_opts = [
     cfg.StrOpt("auth_strategy", default="local", choices=AUTH_STRATEGIES,
                help="How tokens are checked. local: tokens issued by Tether's own "
                     "Identity v3 API (identity_port) for the users, projects and roles "
-                    "in its database (docs/identity.md). noauth: X-Auth-Token is "
+                    "in its database (docs/identity.md). keystone: by keystonemiddleware "
+                    "against Keystone ([keystone_authtoken]; the services' own tokens "
+                    "come from Keystone with [service_user]). noauth: X-Auth-Token is "
                     "'user:project' (refused unless bind_host is a loopback address)."),
     cfg.PortOpt("identity_port", default=5000,
                 help="Identity v3 API port (auth_strategy = local)."),
@@ -334,4 +336,14 @@ def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
         ("image", image_opts),
         ("identity", identity_opts),
         *policy_opts.list_opts(),
+        # registered by keystonemiddleware itself when auth_strategy = keystone
+        *authtoken_opts(),
     ]
+
+
+def authtoken_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """``[keystone_authtoken]`` (keystonemiddleware's options and its password
+    auth plugin's)."""
+    from tether.api.keystone import authtoken_opts
+
+    return authtoken_opts()

@@ -22,7 +22,7 @@ from oslo_config import cfg
 
 from tether import config, policy, statedir
 from tether.api import block_storage, compute, http, identity_v3, image
-from tether.api.auth import Authenticator, LocalAuth, NoAuth, check_bind
+from tether.api.auth import AuthConfigError, Authenticator, LocalAuth, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
 from tether.compute.connections import HostConnections
@@ -85,19 +85,34 @@ def authenticator(conf: cfg.ConfigOpts,
         if identity is None:
             raise ValueError("auth_strategy = local needs the local identity")
         return LocalAuth(identity.tokens)
+    if strategy == "keystone":
+        # imported here: keystonemiddleware (WebOb, keystoneauth1, oslo.cache)
+        # loads only where it is used
+        from tether.api.keystone import KeystoneAuth
+
+        return KeystoneAuth(conf)
     return NoAuth(conf.api.admin_user, service_token(conf), conf.api.default_project)
 
 
 def service_credentials(conf: cfg.ConfigOpts) -> TokenSource:
     """The token this process's services send to the other side's API: the
     ``[service_user]``'s from the identity (local: this deployment's own,
-    password from the state dir unless configured), or noauth's service
-    token."""
+    password from the state dir unless configured; keystone: from Keystone,
+    password auth, kept until shortly before it expires), or noauth's
+    service token."""
     if conf.api.auth_strategy == "local":
         su = conf.service_user
         return PasswordToken(su.auth_url or config.identity_endpoint(conf), su.username,
                              local.service_password(conf), su.project_name,
                              su.user_domain_name, su.project_domain_name)
+    if conf.api.auth_strategy == "keystone":
+        user = conf.service_user
+        if not (user.auth_url and user.password):
+            raise AuthConfigError("[api] auth_strategy = keystone needs [service_user] "
+                                  "auth_url and password: the Keystone user Tether's "
+                                  "services authenticate as (with the service role).")
+        return PasswordToken(user.auth_url, user.username, user.password, user.project_name,
+                             user.user_domain_name, user.project_domain_name)
     return StaticToken(service_token(conf))
 
 

@@ -45,4 +45,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # the real OpenStack clients the compatibility tests run, in their own venv
 tools/client-venv.sh
+tools/keystone-venv.sh  # Keystone for the keystone-mode tests, in .venv-keystone
 echo "bootstrap: ready ($(.venv/bin/python --version), $(.venv/bin/tether --help >/dev/null && echo tether ok))"

@@ -23,6 +23,13 @@ LOG = logging.getLogger("tether.api")
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
 
 
+class App(falcon.App[falcon.Request, falcon.Response]):
+    """A falcon App that tells which paths it serves without a token, for
+    middleware in front of it (keystonemiddleware's) to let them through too."""
+
+    public_paths: frozenset[str] = frozenset()
+
+
 class ApiMiddleware:
     def __init__(self, versions: ApiVersions, auth: Authenticator,
                  collections: Iterable[str], public: Iterable[str] = (),
@@ -105,9 +112,9 @@ def create_app(versions: ApiVersions, auth: Authenticator, collections: Iterable
     """An app with the request pipeline, the error handlers and version discovery;
     ``public``: more paths served without a token; ``max_body``: the largest
     request body in bytes (413 beyond)."""
-    app = falcon.App(middleware=[ApiMiddleware(versions, auth, collections, public,
-                                               max_body)],
-                     cors_enable=False)
+    middleware = ApiMiddleware(versions, auth, collections, public, max_body)
+    app = App(middleware=[middleware], cors_enable=False)
+    app.public_paths = middleware.public
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.default_media_type = falcon.MEDIA_JSON
     errors.install(app, server_fault)
