@@ -179,7 +179,8 @@ def start_serve(state: str, code: str | None = None) -> subprocess.Popen[bytes]:
     package it runs instead of this one (to compare revisions in one run)."""
     conf = os.path.join(state, "tether.conf")
     with open(conf, "w") as f:
-        f.write(f"[api]\ncompute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n"
+        f.write("[api]\nauth_strategy = noauth\n"
+                f"compute_port = {COMPUTE_PORT}\nvolume_port = {VOLUME_PORT}\n"
                 f"image_port = {IMAGE_PORT}\n")
         # no quotas (a revision without them ignores the section)
         f.write("[quota]\nvolumes = -1\ngigabytes = -1\ninstances = -1\ncores = -1\n"

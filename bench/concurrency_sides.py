@@ -149,7 +149,8 @@ class Tether:
         self.proc: subprocess.Popen[bytes] | None = None
         self.created: tuple[list[str], list[str]] = ([], [])  # server ids, volume ids
         ports = self.ports = [free_port() for _ in range(3)]
-        self.conf = (f"[api]\ncompute_port = {ports[0]}\nvolume_port = {ports[1]}\n"
+        self.conf = ("[api]\nauth_strategy = noauth\n"
+                     f"compute_port = {ports[0]}\nvolume_port = {ports[1]}\n"
                      f"image_port = {ports[2]}\nthreads = {api_threads}\n"
                      "[compute]\ndevice_detach_timeout = 20\ndevice_detach_attempts = 3\n"
                      f"domain_prefix = {prefix}\n"

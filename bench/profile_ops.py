@@ -59,8 +59,8 @@ def main() -> int:
     daemons.ensure_libvirtd()
     daemons.ensure_tgtd(0)
     state = tempfile.mkdtemp(prefix="tether-profile-")
-    conf = config.load(state_dir=state, overrides={"api": {"compute_port": 0,
-                                                             "volume_port": 0}})
+    conf = config.load(state_dir=state, overrides={"api": {
+        "auth_strategy": "noauth", "compute_port": 0, "volume_port": 0}})
     if args.log:
         from tether.cli import setup_logging
         setup_logging(conf, to_stderr=False)

@@ -141,7 +141,7 @@ class Tether:
             "quota": dict(UNLIMITED_QUOTAS),
             "DEFAULT": {"transport_url": f"tether-inproc://{uuid.uuid4().hex}",
                         "host": "testhost"},
-            "api": {"service_token": "test-service-token"},
+            "api": {"service_token": "test-service-token", "auth_strategy": "noauth"},
         }
         for group, values in (overrides or {}).items():
             base.setdefault(group, {}).update(values)

@@ -88,6 +88,12 @@ def cmd_serve(conf: Any, args: argparse.Namespace) -> int:
     app.start()
     print(f"tether serve: block storage on http://{conf.api.bind_host}:"
           f"{app.api.servers[0].port}/v3 (state dir {conf.state_dir})", flush=True)
+    if app.api.identity is not None:
+        password_file = os.path.join(conf.state_dir, "admin-password")
+        where = (f" (user admin, password in {password_file})"
+                 if os.path.exists(password_file) else "")
+        print(f"tether serve: identity on {config.identity_endpoint(conf)}{where}",
+              flush=True)
     try:
         _wait_for_signal()
     finally:
@@ -203,10 +209,21 @@ def cmd_policy(conf: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(conf: Any, args: argparse.Namespace) -> str:
+    """The client commands' token: --token, else the local admin's, else noauth's."""
+    if args.token:
+        return str(args.token)
+    if conf.api.auth_strategy == "local":
+        from tether.identity.local import admin_token
+
+        return admin_token(conf)
+    return "admin:admin"
+
+
 def cmd_volume(conf: Any, args: argparse.Namespace) -> int:
     from tether.client import ApiClient
 
-    with ApiClient.from_conf(conf, args.token) as client:
+    with ApiClient.from_conf(conf, _token(conf, args)) as client:
         return _volume_command(client, args)
 
 
@@ -247,8 +264,9 @@ def _print(data: dict[str, Any], as_json: bool) -> None:
 def cmd_server(conf: Any, args: argparse.Namespace) -> int:
     from tether.client import ApiClient, ComputeClient
 
-    with ComputeClient.from_conf(conf, args.token) as nova, \
-            ApiClient.from_conf(conf, args.token) as cinder:
+    token = _token(conf, args)
+    with ComputeClient.from_conf(conf, token) as nova, \
+            ApiClient.from_conf(conf, token) as cinder:
         return _server_command(nova, cinder, args)
 
 
@@ -316,7 +334,7 @@ def cmd_image(conf: Any, args: argparse.Namespace) -> int:
     if args.action in ("list", "show"):
         from tether.client import ImageClient
 
-        with ImageClient.from_conf(conf, args.token) as glance:
+        with ImageClient.from_conf(conf, _token(conf, args)) as glance:
             if args.action == "show":
                 _print(glance.get_image(glance.find_image(args.image)), args.json)
                 return 0
@@ -394,9 +412,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     p.add_argument("--state-dir", help=f"state directory (default {config.DEFAULT_STATE_DIR})")
     p.add_argument("--debug", action="store_true",
                    help="a failed command's traceback (on stderr, after its one line)")
-    p.add_argument("--token", default=os.environ.get("TETHER_TOKEN", "admin:admin"),
-                   help="X-Auth-Token for client commands (noauth: user:project; "
-                        "env TETHER_TOKEN)")
+    p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"),
+                   help="X-Auth-Token for client commands (env TETHER_TOKEN; default: "
+                        "local: a token of the admin user made from the database, "
+                        "noauth: admin:admin)")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("serve", help="run everything in one process (embedded mode)").set_defaults(
@@ -499,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat table
     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                     help="a traceback when the audit cannot run")
     sp.set_defaults(func=cmd_audit)
+
+    from tether.identity.cli import add_parsers as add_identity_parsers
+
+    add_identity_parsers(sub)  # user, project, role, application-credential
 
     sp = sub.add_parser("demo", help="the embedded mode end to end")
     sp.add_argument("--keep", action="store_true", help="leave what the demo created")

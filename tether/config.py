@@ -35,16 +35,26 @@ database_opts = [
                help="SQLAlchemy URL; default sqlite:///<state_dir>/tether.db."),
 ]
 
+# [api] auth_strategy: one name per mode, in the order `tether config sample` lists them
+AUTH_STRATEGIES = ["local", "keystone", "noauth"]
+
 api_opts = [
     cfg.StrOpt("bind_host", default="127.0.0.1", help="Address the APIs listen on."),
     cfg.PortOpt("compute_port", default=8774, help="Compute API (Nova v2.1) port."),
     cfg.PortOpt("volume_port", default=8776, help="Block Storage API (Cinder v3) port."),
     cfg.PortOpt("image_port", default=9292, help="Image API (Glance v2, read-only) port."),
-    cfg.StrOpt("auth_strategy", default="noauth", choices=["keystone", "noauth"],
-               help="How tokens are checked. keystone: by keystonemiddleware against "
-                    "Keystone ([keystone_authtoken]; the services' own tokens come from "
-                    "Keystone with [service_user]). noauth: X-Auth-Token is "
+    cfg.StrOpt("auth_strategy", default="local", choices=AUTH_STRATEGIES,
+               help="How tokens are checked. local: tokens issued by Tether's own "
+                    "Identity v3 API (identity_port) for the users, projects and roles "
+                    "in its database (docs/identity.md). keystone: by keystonemiddleware "
+                    "against Keystone ([keystone_authtoken]; the services' own tokens "
+                    "come from Keystone with [service_user]). noauth: X-Auth-Token is "
                     "'user:project' (refused unless bind_host is a loopback address)."),
+    cfg.PortOpt("identity_port", default=5000,
+                help="Identity v3 API port (auth_strategy = local)."),
+    cfg.StrOpt("public_host",
+               help="Host name the service catalog's URLs carry; default bind_host "
+                    "(127.0.0.1 for a wildcard bind)."),
     cfg.StrOpt("admin_user", default="admin", help="noauth user that is an administrator."),
     cfg.StrOpt("service_token", secret=True,
                help="Token identifying Tether's own services (compute to block storage). "
@@ -68,7 +78,8 @@ service_user_opts = [
     cfg.StrOpt("username", default="tether", help="Service user's name."),
     cfg.StrOpt("password", secret=True,
                help="Service user's password; with auth_strategy = local, default: "
-                    "generated at first start into <state_dir>/service_password."),
+                    "generated at first start into <state_dir>/service_password "
+                    "(0600); the services of other hosts need it configured here."),
     cfg.StrOpt("project_name", default="service", help="Service user's project."),
     cfg.StrOpt("user_domain_name", default="Default"),
     cfg.StrOpt("project_domain_name", default="Default"),
@@ -192,6 +203,27 @@ compute_opts = [
 ]
 
 
+identity_opts = [
+    cfg.IntOpt("token_expiration", default=3600, min=1,
+               help="Seconds a token of the local identity is valid."),
+    cfg.StrOpt("token_key_file",
+               help="HMAC key that signs the local identity's tokens; default "
+                    "<state_dir>/token.key, generated 0600 at first start.  Every API "
+                    "process of a deployment needs the same key."),
+    cfg.FloatOpt("revocation_check_interval", default=2.0, min=0,
+                 help="Seconds a validated token's user, project and role state is "
+                      "trusted before it is read again: how long a revocation (user or "
+                      "role removed, password changed) made by another API process "
+                      "may take to apply here.  Revocations in this process apply at "
+                      "once."),
+    cfg.IntOpt("scrypt_n", default=2 ** 14, min=2,
+               help="scrypt CPU/memory cost of password and secret hashes (a power "
+                    "of 2); applies to hashes made from now on."),
+    cfg.IntOpt("scrypt_r", default=8, min=1, help="scrypt block size."),
+    cfg.IntOpt("scrypt_p", default=1, min=1, help="scrypt parallelism."),
+]
+
+
 image_opts = [
     cfg.StrOpt("cache_dir",
                help="Downloaded packages and built files of `tether image build-tiny`; "
@@ -215,6 +247,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(volume_opts, group="volume")
     conf.register_opts(compute_opts, group="compute")
     conf.register_opts(image_opts, group="image")
+    conf.register_opts(identity_opts, group="identity")
     # oslo.policy's own: policy_file (YAML or JSON; relative to the config
     # file's folder), policy_dirs, enforce_new_defaults
     for group, opts in policy_opts.list_opts():
@@ -309,6 +342,22 @@ def compute_endpoint(conf: cfg.ConfigOpts) -> str:
     return f"http://{_local(conf.api.bind_host)}:{conf.api.compute_port}/v2.1"
 
 
+def public_host(conf: cfg.ConfigOpts) -> str:
+    """The host name in the service catalog's URLs."""
+    host: str | None = conf.api.public_host
+    return host or _local(conf.api.bind_host)
+
+
+def identity_endpoint(conf: cfg.ConfigOpts) -> str:
+    """The local identity's Identity v3 URL (its own, and the services' auth_url)."""
+    return f"http://{public_host(conf)}:{conf.api.identity_port}/v3"
+
+
+def token_key_file(conf: cfg.ConfigOpts) -> str:
+    path: str | None = conf.identity.token_key_file
+    return path or os.path.join(conf.state_dir, "token.key")
+
+
 def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
     """For oslo-config-generator and `tether config sample`."""
     return [
@@ -320,6 +369,7 @@ def list_opts() -> list[tuple[str | None, Sequence[cfg.Opt]]]:
         ("volume", volume_opts),
         ("compute", compute_opts),
         ("image", image_opts),
+        ("identity", identity_opts),
         *policy_opts.list_opts(),
         # registered by keystonemiddleware itself when auth_strategy = keystone
         *authtoken_opts(),

@@ -106,7 +106,12 @@ def run(conf: Any, args: argparse.Namespace) -> int:
         _say("starting tether serve (embedded mode)", f"state dir {conf.state_dir}")
         embedded = Embedded(conf)
         embedded.start()
-    token = service_token(conf)
+    if conf.api.auth_strategy == "local":
+        from tether.identity.local import admin_token
+
+        token = admin_token(conf)  # the bootstrap admin, from the database and the key
+    else:
+        token = service_token(conf)
     try:
         image_id = _tiny_image(conf, embedded)
         with ApiClient(config.volume_endpoint(conf), token) as cinder, \

@@ -21,8 +21,8 @@ from typing import Any
 from oslo_config import cfg
 
 from tether import config, policy, statedir
-from tether.api import block_storage, compute, http, image
-from tether.api.auth import AuthConfigError, Authenticator, NoAuth, check_bind
+from tether.api import block_storage, compute, http, identity_v3, image
+from tether.api.auth import AuthConfigError, Authenticator, LocalAuth, NoAuth, check_bind
 from tether.api.wsgi import WsgiApp
 from tether.compute.api import COMPUTE_BINARY, ComputeAPI
 from tether.compute.connections import HostConnections
@@ -42,6 +42,7 @@ from tether.db.api import Database
 from tether.db.records import ServiceRecord
 from tether.exceptions import ServiceUnavailable
 from tether.executor import ProcessRunner
+from tether.identity import local
 from tether.identity.credentials import PasswordToken, StaticToken, TokenSource
 from tether.image.registry import ImageRegistry
 from tether.notifications import Notifier
@@ -75,10 +76,17 @@ def service_token(conf: cfg.ConfigOpts) -> str:
     return statedir.read_or_create(path, secrets.token_urlsafe(32) + "\n").strip()
 
 
-def authenticator(conf: cfg.ConfigOpts) -> Authenticator:
-    """The API's authenticator for ``[api] auth_strategy``."""
-    check_bind(conf.api.auth_strategy, conf.api.bind_host)
-    if conf.api.auth_strategy == "keystone":
+def authenticator(conf: cfg.ConfigOpts,
+                  identity: local.LocalIdentity | None = None) -> Authenticator:
+    """The API's authenticator for ``[api] auth_strategy`` (``identity``: the
+    local identity, for ``local``)."""
+    strategy = conf.api.auth_strategy
+    check_bind(strategy, conf.api.bind_host)
+    if strategy == "local":
+        if identity is None:
+            raise ValueError("auth_strategy = local needs the local identity")
+        return LocalAuth(identity.tokens)
+    if strategy == "keystone":
         # imported here: keystonemiddleware (WebOb, keystoneauth1, oslo.cache)
         # loads only where it is used
         from tether.api.keystone import KeystoneAuth
@@ -88,9 +96,16 @@ def authenticator(conf: cfg.ConfigOpts) -> Authenticator:
 
 
 def service_credentials(conf: cfg.ConfigOpts) -> TokenSource:
-    """The token this process's services send to the other side's API: with
-    keystone, the ``[service_user]``'s, from Keystone (password auth, kept
-    until shortly before it expires)."""
+    """The token this process's services send to the other side's API: the
+    ``[service_user]``'s from the identity (local: this deployment's own,
+    password from the state dir unless configured; keystone: from Keystone,
+    password auth, kept until shortly before it expires), or noauth's
+    service token."""
+    if conf.api.auth_strategy == "local":
+        su = conf.service_user
+        return PasswordToken(su.auth_url or config.identity_endpoint(conf), su.username,
+                             local.service_password(conf), su.project_name,
+                             su.user_domain_name, su.project_domain_name)
     if conf.api.auth_strategy == "keystone":
         user = conf.service_user
         if not (user.auth_url and user.password):
@@ -374,7 +389,16 @@ class ApiService:
         self.conf = conf
         down = conf.compute.service_down_time
         policy.init(conf)  # this process's enforcer: [oslo_policy] and its policy file
-        auth = authenticator(conf)
+        # the local identity: its accounts made at first start, its own API
+        self.identity: local.LocalIdentity | None = None
+        self.identity_app: WsgiApp | None = None
+        if conf.api.auth_strategy == "local":
+            self.identity = local.make(conf, db)
+            local.bootstrap(conf, self.identity.store)
+            self.identity_app = identity_v3.create_app(
+                self.identity, identity_v3.catalog_services(conf),
+                conf.api.max_request_body_size)
+        auth = authenticator(conf, self.identity)
         token = service_credentials(conf)
         volumes = VolumeRepository(db)
         # (the compute app is made below: block storage reaches it once running)
@@ -427,6 +451,9 @@ class ApiService:
                                        api.compute_port, api.threads, limit))
         self.servers.append(serve_http("image", self.image_app, api.bind_host,
                                        api.image_port, api.threads, limit))
+        if self.identity_app is not None:
+            self.servers.append(serve_http("identity", self.identity_app, api.bind_host,
+                                           api.identity_port, api.threads, limit))
 
     def stop(self) -> None:
         for srv in self.servers:

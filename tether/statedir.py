@@ -105,7 +105,8 @@ def state_dir(conf: cfg.ConfigOpts) -> str:
     """The state dir with its mode, and its private files tightened."""
     path: str = conf.state_dir
     directory(path, state_dir_mode(conf))
-    for name in ("service_token", "secret.key", "service_password", "initiator_iqn"):
+    for name in ("service_token", "secret.key", "service_password", "initiator_iqn",
+                 "token.key", "admin-password"):
         tighten(os.path.join(path, name), PRIVATE_FILE)
     for sub, mode in ((config.volumes_dir(conf), PRIVATE_DIR),
                       (config.lock_dir(conf), PRIVATE_DIR),

@@ -57,6 +57,34 @@ def clouds_yaml(serve: Serve, tokens: dict[str, str]) -> str:
     return text
 
 
+def clouds_yaml_password(serve: Serve, accounts: dict[str, tuple[str, str, str]],
+                         token_cloud: bool = False) -> str:
+    """The README's clouds.yaml for the local identity (``auth_type: password``;
+    every endpoint from the token's catalog): per ``accounts`` item, a cloud
+    of that name for (user, password, project); ``token_cloud``: also
+    ``tether-token``, without auth, for ``--os-token`` and ``--os-endpoint``."""
+    text = "clouds:\n"
+    if token_cloud:
+        _, overrides_only = clouds_yaml(serve, {}).split("  tether-token:\n", 1)
+        text += "  tether-token:\n" + overrides_only
+    for name, (user, password, project) in accounts.items():
+        text += f"""  {name}:
+    auth_type: password
+    auth:
+      auth_url: {serve.identity_url}
+      username: "{user}"
+      password: "{password}"
+      project_name: "{project}"
+      user_domain_name: Default
+      project_domain_name: Default
+    region_name: RegionOne
+    identity_api_version: "3"
+    volume_api_version: "3"
+    has_network: false
+"""
+    return text
+
+
 @dataclass
 class Clients:
     serve: Serve
@@ -96,6 +124,16 @@ class Clients:
                         self.env(OS_USERNAME="unused", OS_PROJECT_ID="unused",
                                  OS_AUTH_URL=f"http://127.0.0.1:{self.serve.compute_port}"
                                              "/identity/v3"))
+
+    def nova_password(self, auth: list[str], *args: str) -> str:
+        """novaclient with password auth at the serve's identity."""
+        return self.run([os.path.join(VENV_BIN, "nova"), "--os-auth-url",
+                         self.serve.identity_url, *auth, *args], self.env())
+
+    def cinder_password(self, auth: list[str], *args: str) -> str:
+        """cinderclient with password auth at the serve's identity."""
+        return self.run([os.path.join(VENV_BIN, "cinder"), "--os-auth-url",
+                         self.serve.identity_url, *auth, *args], self.env())
 
     def cinder(self, user: str, project: str, *args: str) -> str:
         """cinderclient's own noauth: it sends ``X-Auth-Token: user:project``."""

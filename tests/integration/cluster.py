@@ -78,9 +78,23 @@ class Cluster:
                               timeout=120, check=False)
 
 
+def _admin_token(state_dir: str, identity_port: int) -> str:
+    with open(os.path.join(state_dir, "admin-password")) as f:
+        password = f.read().strip()
+    res = httpx.post(f"http://127.0.0.1:{identity_port}/v3/auth/tokens", timeout=30, json={
+        "auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": password}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}})
+    assert res.status_code == 201, res.text
+    return res.headers["X-Subject-Token"]
+
+
 @contextlib.contextmanager
-def distributed(tmp_path: str, tgtd: Tgtd, extra: str = "") -> Iterator[Cluster]:
-    """``extra``: more INI text for the shared tether.conf."""
+def distributed(tmp_path: str, tgtd: Tgtd, extra: str = "",
+                auth_strategy: str = "noauth") -> Iterator[Cluster]:
+    """``extra``: more INI text for the shared tether.conf; ``auth_strategy``
+    local: the API process serves the identity, the compute process gets
+    its service token there, and the cluster's client is the admin."""
     try:  # (checked once per session: the reason at once, no wait per case)
         pg = database_server("postgresql")
     except ServerUnavailable as exc:
@@ -93,6 +107,7 @@ def distributed(tmp_path: str, tgtd: Tgtd, extra: str = "") -> Iterator[Cluster]
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     host = f"dist-{uuid.uuid4().hex[:6]}"
     compute_port, volume_port, image_port = free_port(), free_port(), free_port()
+    identity_port = free_port()
     conf = os.path.join(tmp_path, "tether.conf")
     with open(conf, "w") as f:
         f.write(f"""[DEFAULT]
@@ -102,6 +117,8 @@ control_exchange = tether-{host}
 [database]
 connection = {pg}/{name}
 [api]
+auth_strategy = {auth_strategy}
+identity_port = {identity_port}
 compute_port = {compute_port}
 volume_port = {volume_port}
 image_port = {image_port}
@@ -132,11 +149,15 @@ domain_prefix = tether-{host}-
     try:
         def up() -> bool:
             try:
-                return all(http.get(u).status_code == 200
-                           for u in (cluster.nova, cluster.cinder))
+                urls = [cluster.nova, cluster.cinder]
+                if auth_strategy == "local":
+                    urls.append(f"http://127.0.0.1:{identity_port}/v3")
+                return all(http.get(u).status_code == 200 for u in urls)
             except httpx.HTTPError:
                 return False
         wait_for(up, 60, "tether service api")
+        if auth_strategy == "local":
+            http.headers["X-Auth-Token"] = _admin_token(tmp_path, identity_port)
         yield cluster
     finally:
         libvirt = LibvirtDriver(domain_prefix=f"tether-{host}-")  # this cluster's alone

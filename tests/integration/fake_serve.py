@@ -43,6 +43,7 @@ def write_config(state_dir: str) -> FakeServe:
 host = fuzz-{tag}
 transport_url = tether-inproc://fuzz-{tag}
 [api]
+auth_strategy = noauth
 compute_port = {serve.ports["compute"]}
 volume_port = {serve.ports["volume"]}
 image_port = {serve.ports["image"]}

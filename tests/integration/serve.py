@@ -38,6 +38,31 @@ class Serve:
     servers: list[str] = field(default_factory=list)
     state_dir: str = ""
     prefix: str = "tether-"  # of its libvirt domains and secrets
+    auth_strategy: str = "noauth"
+    identity_port: int = 0
+
+    @property
+    def identity_url(self) -> str:
+        return f"http://127.0.0.1:{self.identity_port}/v3"
+
+    def admin_password(self) -> str:
+        with open(os.path.join(self.state_dir, "admin-password")) as f:
+            return f.read().strip()
+
+    def password_token(self, user: str, password: str, project: str) -> str:
+        """A token of the local identity (``auth_strategy = local``)."""
+        res = httpx.post(f"{self.identity_url}/auth/tokens", timeout=30, json={"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": user, "domain": {"name": "Default"}, "password": password}}},
+            "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}})
+        assert res.status_code == 201, res.text
+        return res.headers["X-Subject-Token"]
+
+    def admin_token(self) -> str:
+        """An administrator's token in this serve's auth strategy."""
+        if self.auth_strategy == "noauth":
+            return "admin:admin"
+        return self.password_token("admin", self.admin_password(), "admin")
 
     @property
     def compute_url(self) -> str:
@@ -70,7 +95,9 @@ class Serve:
             return vol if vol["status"] == status else None
         return dict(wait_for(check, timeout, f"volume {vid} {status}"))
 
-    def create_server(self, token: str, name: str) -> str:
+    def create_server(self, token: str, name: str, timeout: float = 240) -> str:
+        """A server, ACTIVE (``timeout``: a busy shared libvirtd can take a
+        minute or more to start a guest)."""
         with self.http(token) as c:
             res = c.post(f"{self.compute_url}/servers",
                          json={"server": {"name": name, "flavorRef": "1"}})
@@ -78,7 +105,7 @@ class Serve:
             sid: str = res.json()["server"]["id"]
             self.servers.append(sid)
             wait_for(lambda: c.get(f"{self.compute_url}/servers/{sid}").json()[
-                "server"]["status"] == "ACTIVE", 180, f"server {sid} ACTIVE")
+                "server"]["status"] == "ACTIVE", timeout, f"server {sid} ACTIVE")
         return sid
 
     def delete_servers(self, token: str) -> None:
@@ -111,7 +138,8 @@ def _answers(url: str) -> bool:
         return False
 
 
-def write_config(state_dir: str, tgtd: Tgtd, extra: str = "") -> Serve:
+def write_config(state_dir: str, tgtd: Tgtd, extra: str = "",
+                 auth_strategy: str = "noauth") -> Serve:
     """A ``tether.conf`` in ``state_dir`` for a serve on free ports, with its
     own host name, initiator and libvirt name prefix (so that ``tether
     audit`` never takes another run's guests on the same libvirtd for its
@@ -122,11 +150,15 @@ def write_config(state_dir: str, tgtd: Tgtd, extra: str = "") -> Serve:
                   initiator=f"iqn.2010-10.org.tether:clients-{tag}")
     serve.state_dir = state_dir
     serve.prefix = f"tether-{tag}-"
+    serve.auth_strategy = auth_strategy
+    serve.identity_port = free_port()
     with open(os.path.join(state_dir, "tether.conf"), "w") as f:
         f.write(f"""[DEFAULT]
 host = clients-{tag}
 transport_url = tether-inproc://clients-{tag}
 [api]
+auth_strategy = {auth_strategy}
+identity_port = {serve.identity_port}
 compute_port = {serve.compute_port}
 volume_port = {serve.volume_port}
 image_port = {serve.image_port}
@@ -163,7 +195,8 @@ def start(serve: Serve, env: dict[str, str] | None = None) -> None:
                                 stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})
     serve.proc = proc
-    wait_for(lambda: (_answers(serve.volume_url) and _answers(serve.compute_url))
+    wait_for(lambda: (_answers(serve.volume_url) and _answers(serve.compute_url)
+                      and (serve.auth_strategy == "noauth" or _answers(serve.identity_url)))
              or proc.poll() is not None, 60, "tether serve up")
     if proc.poll() is not None:
         with open(out) as f:
@@ -184,15 +217,17 @@ def stop(serve: Serve) -> None:
 
 
 @contextlib.contextmanager
-def tether_serve(state_dir: str, tgtd: Tgtd, extra: str = "") -> Iterator[Serve]:
-    serve = write_config(state_dir, tgtd, extra)
+def tether_serve(state_dir: str, tgtd: Tgtd, extra: str = "",
+                 auth_strategy: str = "noauth") -> Iterator[Serve]:
+    serve = write_config(state_dir, tgtd, extra, auth_strategy)
     start(serve)
     try:
         yield serve
     finally:
         try:
-            serve.delete_servers("admin:admin")
-            serve.delete_volumes("admin:admin")
+            admin = serve.admin_token()
+            serve.delete_servers(admin)
+            serve.delete_volumes(admin)
         finally:
             stop(serve)
 

@@ -7,6 +7,7 @@ import json
 import pathlib
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from tests.integration import daemons
 from tests.integration.daemons import ServerUnavailable, database_server
 from tests.unit.db.prepared_cases import CASES
+from tests.unit.identity.store_cases import CASES as IDENTITY_CASES
 from tether.db import migrate
 from tether.db.api import Database
 from tether.db.records import VOLUMES
@@ -86,3 +88,12 @@ def test_a_refused_login_fails_at_once_with_why_and_once_per_session(
     with pytest.raises(ServerUnavailable) as again:
         database_server("postgresql")
     assert str(again.value) == str(first.value)
+
+
+@pytest.mark.parametrize("case", IDENTITY_CASES, ids=lambda c: c.__name__)
+def test_identity_store(db: Database, tmp_path: Path,
+                        case: Callable[[Database, str], None]) -> None:
+    """The local identity (unique names, role revisions, the first-start
+    bootstrap of two processes at once) on PostgreSQL and MariaDB."""
+    migrate.upgrade(db)
+    case(db, str(tmp_path))

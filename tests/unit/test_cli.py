@@ -34,7 +34,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     conf_file = state / "tether.conf"
     conf_file.write_text(
         f"[DEFAULT]\ntransport_url = tether-inproc://cli-{uuid.uuid4().hex}\n"
-        f"[api]\ncompute_port = {_free_port()}\nvolume_port = {_free_port()}\n"
+        f"[api]\nauth_strategy = noauth\ncompute_port = {_free_port()}\n"
+        f"volume_port = {_free_port()}\n"
         f"image_port = {_free_port()}\nservice_token = cli-service-token\n")
     conf = config.load(str(conf_file), str(state))
     app = Embedded(conf, Drivers(FakeTarget(), FakeDriver(), FakeConnector()))

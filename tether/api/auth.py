@@ -13,6 +13,10 @@ An :class:`Authenticator` turns a request's headers into the caller's
   identifies Tether's own services.  Anyone who can reach the port is whoever
   they claim to be, so it is refused on a bind address that is not loopback
   (:func:`check_bind`).
+* ``local`` (:class:`LocalAuth`, the default): a token the local identity
+  issued (``POST /v3/auth/tokens`` on ``[api] identity_port``), signed and
+  expiring, checked by :mod:`tether.identity.tokens`; its roles are the
+  user's on the token's project.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Protocol
 
 from tether.api.errors import ApiError
 from tether.context import RequestContext
+from tether.identity.tokens import InvalidToken, TokenData
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@\-]{1,255}$")
 Headers = Mapping[str, str]
@@ -73,6 +78,34 @@ def check_bind(strategy: str, bind_host: str) -> None:
             f"[api] auth_strategy = noauth believes whatever identity a caller claims; "
             f"it is refused with [api] bind_host = {bind_host}, which is not a loopback "
             f"address. Use auth_strategy = local or keystone, or bind to 127.0.0.1.")
+
+
+class TokenValidator(Protocol):
+    def validate(self, token: str) -> TokenData:
+        """The token's data, or raise InvalidToken."""
+        ...
+
+
+class LocalAuth:
+    def __init__(self, tokens: TokenValidator) -> None:
+        self.tokens = tokens
+
+    def wrap(self, app: Any) -> Any:
+        return app
+
+    def authenticate(self, headers: Headers, request_id: str) -> RequestContext:
+        token = headers.get("x-auth-token")
+        if not token:
+            raise unauthorized("Authentication required: send X-Auth-Token, a token from "
+                               "POST /v3/auth/tokens on the identity API.")
+        try:
+            data = self.tokens.validate(token)
+        except InvalidToken as exc:
+            raise unauthorized(f"Invalid token: {exc}") from exc
+        roles = data.roles
+        return RequestContext(data.user_id, data.project_id, roles,
+                              is_admin="admin" in roles, is_service="service" in roles,
+                              request_id=request_id, auth_token=token)
 
 
 class NoAuth:

@@ -244,3 +244,80 @@ class Image(TimestampMixin, Base):
     properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     __table_args__ = (Index("ix_images_name_deleted", "name", "deleted"),)
+
+
+class IdentityProject(Base):
+    """A project of the local identity (``[api] auth_strategy = local``): what
+    resources belong to; its id is what volumes and servers record as
+    ``project_id``.  ``revision`` grows when the project is disabled, so that
+    the tokens scoped to it stop validating."""
+
+    __tablename__ = "identity_projects"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class IdentityUser(Base):
+    """A user of the local identity.  ``password_hash``: scrypt, never the
+    password; ``revision`` grows at each password change or role removal,
+    which revokes every token issued before (tokens carry the revision)."""
+
+    __tablename__ = "identity_users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class IdentityRoleAssignment(Base):
+    """Role ``role`` (reader, member, admin, service) of a user on a project."""
+
+    __tablename__ = "identity_role_assignments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("identity_users.id"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("identity_projects.id"))
+    role: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("uq_identity_assignment", "user_id", "project_id", "role",
+                            unique=True),
+                      Index("ix_identity_assignment_project", "project_id"))
+
+
+class IdentityAppCredential(Base):
+    """An application credential: a secret (scrypt-hashed) that authenticates as
+    its user on one project with a subset of the user's roles there."""
+
+    __tablename__ = "identity_application_credentials"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(ForeignKey("identity_users.id"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("identity_projects.id"))
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("uq_identity_app_credential_name", "user_id", "name",
+                            unique=True),)
+
+
+class IdentityRevokedToken(Base):
+    """A token revoked by ``DELETE /v3/auth/tokens``, until it would have
+    expired anyway."""
+
+    __tablename__ = "identity_revoked_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_identity_revoked_expires", "expires_at"),)

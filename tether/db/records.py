@@ -202,6 +202,52 @@ class ImageRecord:
     deleted: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectRecord:
+    id: str
+    name: str
+    description: str | None
+    enabled: bool
+    revision: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    name: str
+    password_hash: str = dataclasses.field(repr=False)
+    enabled: bool = True
+    revision: int = 0
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoleAssignmentRecord:
+    id: int
+    user_id: str
+    project_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppCredentialRecord:
+    id: str
+    name: str
+    user_id: str
+    project_id: str
+    secret_hash: str = dataclasses.field(repr=False)
+    roles: list[str] = dataclasses.field(default_factory=list)
+    expires_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedTokenRecord:
+    id: str
+    expires_at: dt.datetime
+
+
 R = TypeVar("R")
 
 
@@ -377,3 +423,8 @@ BDMS = Gateway(models.BlockDeviceMapping, BdmRecord)
 ACTIONS = Gateway(models.InstanceAction, ActionRecord)
 EVENTS = Gateway(models.InstanceActionEvent, EventRecord)
 IMAGES = Gateway(models.Image, ImageRecord)
+PROJECTS = Gateway(models.IdentityProject, ProjectRecord)
+USERS = Gateway(models.IdentityUser, UserRecord)
+ROLE_ASSIGNMENTS = Gateway(models.IdentityRoleAssignment, RoleAssignmentRecord)
+APP_CREDENTIALS = Gateway(models.IdentityAppCredential, AppCredentialRecord)
+REVOKED_TOKENS = Gateway(models.IdentityRevokedToken, RevokedTokenRecord)

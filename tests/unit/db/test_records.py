@@ -13,19 +13,25 @@ from tether.db import migrate, models
 from tether.db.api import Database
 from tether.db.records import (
     ACTIONS,
+    APP_CREDENTIALS,
     ATTACHMENTS,
     BDMS,
     EVENTS,
     IMAGES,
     INSTANCES,
+    PROJECTS,
+    REVOKED_TOKENS,
+    ROLE_ASSIGNMENTS,
     SERVICES,
+    USERS,
     VOLUMES,
     Gateway,
 )
 
 
 @pytest.mark.parametrize("gateway", [VOLUMES, ATTACHMENTS, SERVICES, INSTANCES, BDMS, ACTIONS,
-                                     EVENTS, IMAGES], ids=lambda g: g.table.name)
+                                     EVENTS, IMAGES, PROJECTS, USERS, ROLE_ASSIGNMENTS,
+                                     APP_CREDENTIALS, REVOKED_TOKENS], ids=lambda g: g.table.name)
 def test_record_fields_are_the_model_attributes_in_order(gateway: Gateway[object]) -> None:
     model = next(m.class_ for m in models.Base.registry.mappers
                  if m.local_table is gateway.table)
