@@ -164,9 +164,23 @@ def _nothing_running(tmp_path: Any) -> tuple[list[str], int, int]:
     """Arguments for a Tether whose ports nothing listens on."""
     compute, volume = _free_port(), _free_port()
     conf = tmp_path / "tether.conf"
-    conf.write_text(f"[api]\ncompute_port = {compute}\nvolume_port = {volume}\n"
-                    f"image_port = {_free_port()}\n")
+    conf.write_text(f"[api]\nauth_strategy = noauth\ncompute_port = {compute}\n"
+                    f"volume_port = {volume}\nimage_port = {_free_port()}\n")
     return ["--config-file", str(conf), "--state-dir", str(tmp_path)], compute, volume
+
+
+def test_local_mode_with_no_identity_yet_says_so_in_one_line(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default (local) mode makes the admin's token from the state dir's
+    database: a state dir nothing has served from is named, with the hint."""
+    base, _, _ = _nothing_running(tmp_path)
+    (tmp_path / "tether.conf").write_text("[api]\nauth_strategy = local\n")
+    assert main([*base, "server", "list"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("tether: no local identity in sqlite:///") and str(tmp_path) in err
+    assert "is `tether serve` running with this --state-dir? (or give --token)" in err
 
 
 def test_nothing_running_is_one_line_naming_the_url(

@@ -22,6 +22,7 @@ from oslo_config import cfg
 from tether import config, statedir
 from tether.db.api import Database
 from tether.db.records import ProjectRecord, UserRecord
+from tether.exceptions import TetherError
 from tether.identity.passwords import ScryptParams, verify_secret
 from tether.identity.store import IdentityConflict, IdentityNotFound, IdentityStore, expand
 from tether.identity.tokens import InvalidToken, TokenData, Tokens, new_key
@@ -143,16 +144,31 @@ def make(conf: cfg.ConfigOpts, db: Database) -> LocalIdentity:
     return LocalIdentity(store, tokens)
 
 
+class NoLocalIdentity(TetherError):
+    """Client commands found no local admin to make a token for."""
+
+
 def admin_token(conf: cfg.ConfigOpts) -> str:
     """A token of the bootstrap ``admin`` user on project ``admin``, made
     from the database and the key (client commands run on the host)."""
+    from tether.db import migrate
     from tether.service import open_database
 
-    db = open_database(conf, upgrade=False)
     try:
-        return make(conf, db).token_for(ADMIN_USER, ADMIN_PROJECT).token
-    finally:
-        db.dispose()
+        db = open_database(conf, upgrade=False)
+    except RuntimeError:  # not at the current schema: nothing has served from here
+        pass
+    else:
+        try:
+            if migrate.current(db) == migrate.head():
+                return make(conf, db).token_for(ADMIN_USER, ADMIN_PROJECT).token
+        except IdentityNotFound:
+            pass
+        finally:
+            db.dispose()
+    raise NoLocalIdentity(
+        f"no local identity in {config.database_url(conf)} to make the admin's token "
+        "from: is `tether serve` running with this --state-dir? (or give --token)")
 
 
 def service_password(conf: cfg.ConfigOpts) -> str:
