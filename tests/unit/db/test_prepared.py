@@ -10,17 +10,9 @@ import pytest
 from sqlalchemy import bindparam, select
 
 from tests.unit.db.prepared_cases import CASES
-from tether.db import migrate
 from tether.db.api import Database
 from tether.db.prepared import Prepared
 from tether.db.records import ATTACHMENTS, VOLUMES
-
-
-@pytest.fixture
-def db(tmp_path: object) -> Database:
-    database = Database(f"sqlite:///{tmp_path}/t.db")
-    migrate.upgrade(database)
-    return database
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)

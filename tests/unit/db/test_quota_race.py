@@ -5,20 +5,11 @@ tests/integration/test_quota_databases.py."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from tests.unit.db.quota_cases import CASES
-from tether.db import migrate
 from tether.db.api import Database
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path}/t.db")
-    migrate.upgrade(database)
-    return database
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
