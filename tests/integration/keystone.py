@@ -109,7 +109,8 @@ password_hash_rounds = 4
     def bootstrap(self) -> None:
         """The admin user, project and role, roles member and reader (and
         service on recent Keystones), the identity endpoint."""
-        self._manage("bootstrap", "--bootstrap-password", self.admin_password,
+        # (one argument: a generated password may start with "-")
+        self._manage("bootstrap", f"--bootstrap-password={self.admin_password}",
                      "--bootstrap-admin-url", self.url, "--bootstrap-public-url", self.url,
                      "--bootstrap-internal-url", self.url, "--bootstrap-region-id",
                      "RegionOne")
